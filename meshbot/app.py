@@ -1,0 +1,78 @@
+"""`Bot`: wires the link, the outbox, the receive path and the router together.
+
+Threads, each with one job: `link` owns the connection; `outbox` sends; `handler-N`
+run commands. The library adds its reader and publishing threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+from typing import Any, Optional, Sequence
+
+import handlers
+from meshbot.config import Settings
+from meshbot.dispatch import InboundDispatcher
+from meshbot.link import InterfaceFactory, NodeLink
+from meshbot.router import BotStats, CommandRegistry, Router, Services
+from meshbot.sender import MessageSender
+
+log = logging.getLogger(__name__)
+
+# SIGTERM must end the process within 5 s (systemd's patience is longer, operators' is not).
+STOP_BUDGET_S = 4.5
+
+
+class Bot:
+    """The daemon's parts, started and stopped in the right order."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interface_factory: Optional[InterfaceFactory] = None,
+        modules: Sequence[types.ModuleType] = handlers.MODULES,
+    ) -> None:
+        self.settings = settings
+        self.registry = CommandRegistry()
+        for module in modules:
+            self.registry.add_module(module)
+        self.stats = BotStats()
+        self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
+        self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
+        self.sender = MessageSender(settings, self.link)
+        self.services = Services(settings, self.sender, self.link, self.registry, self.stats)
+        self.router = Router(self.services)
+
+    def _route(self, packet: dict) -> Any:
+        return self.router.handle(packet)
+
+    def start(self) -> None:
+        log.info(
+            "meshbot starting: node %s, %d commands, %d handler threads",
+            self.link.address, len(self.registry.commands()), self.settings.HANDLER_THREADS,
+        )
+        self.dispatcher.start()
+        self.sender.start()
+        self.link.start()
+
+    def health_problem(self) -> Optional[str]:
+        """Why the daemon is not working, if one of its own threads died (a bug)."""
+        if not self.link.is_alive():
+            return "the link thread stopped"
+        if not self.sender.is_alive():
+            return "the outbox thread stopped"
+        if not self.dispatcher.is_alive():
+            return "a handler thread stopped"
+        return None
+
+    def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """Stop taking commands, flush the outbox until the deadline, close the link."""
+        started = time.monotonic()
+        deadline = started + budget_s
+        self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
+        # Leave the link a second to say goodbye to the node after the flush.
+        self.sender.stop(deadline=deadline - 1.0)
+        self.link.stop(timeout=max(0.1, deadline - time.monotonic()))
+        log.info("meshbot stopped in %.1f s", time.monotonic() - started)

@@ -1,0 +1,86 @@
+"""Receive path: a bounded queue between the library's publishing thread and the handlers.
+
+The library runs every pubsub listener, connection events included, one after another
+on a single thread. A weather lookup there would stall every user and the link's own
+events, so the listener only enqueues; `HANDLER_THREADS` workers do the work. A
+handler that raises is logged with its traceback and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_FULL_REPORT_EVERY_S = 60.0
+
+
+class InboundDispatcher:
+    """Hands packets to a pool of worker threads."""
+
+    def __init__(self, handle: Callable[[dict], Any], workers: int, maxsize: int) -> None:
+        self._handle = handle
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"handler-{i + 1}", daemon=True) for i in range(workers)
+        ]
+        self._dropped = 0
+        self._last_full_report = 0.0
+        self._stopping = False
+
+    def submit(self, packet: dict) -> None:
+        """Never blocks: the caller is the library's publishing thread."""
+        if self._stopping:
+            return
+        try:
+            self._queue.put_nowait(packet)
+        except queue.Full:
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._last_full_report >= _FULL_REPORT_EVERY_S:
+                self._last_full_report = now
+                log.warning(
+                    "inbound queue full (%d packets): dropping packets, %d so far; handlers are too slow",
+                    self._queue.maxsize, self._dropped,
+                )
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def is_alive(self) -> bool:
+        return all(worker.is_alive() for worker in self._workers)
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def stop(self, timeout: float) -> None:
+        """Finish what is queued within `timeout`; workers are daemons past that."""
+        self._stopping = True
+        for _ in self._workers:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                break
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    def _work(self) -> None:
+        while True:
+            packet = self._queue.get()
+            if packet is None:
+                return
+            try:
+                self._handle(packet)
+            except Exception:
+                log.exception("bug while handling a packet from %s", packet.get("fromId") or packet.get("from"))

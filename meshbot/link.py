@@ -1,0 +1,380 @@
+"""`NodeLink`: the one owner of the one connection to the node.
+
+One thread runs an explicit state machine (connecting -> up -> down -> connecting ...):
+it opens the interface, waits for the config handshake, probes the node every
+`PROBE_INTERVAL_S`, declares the link dead after `LINK_TIMEOUT_S` without a frame, and
+on any loss closes the old interface completely before opening a new one, after an
+exponential, jittered backoff. Nothing else in the process opens a connection: the
+node accepts one TCP client and kicks the previous one off when a second connects.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Protocol
+
+from meshtastic.mesh_interface import MeshInterface
+from pubsub import pub
+
+from meshbot.airtime import RadioParams, radio_params
+from meshbot.config import Settings
+from meshbot.interface import LinkEvents, LinkLost, OptimizedTCPInterface, TxQueueFull
+
+log = logging.getLogger(__name__)
+
+# A connection the node closes this soon after the handshake, several times in a row,
+# is being taken by another client of the node's TCP API.
+_CONTENTION_UP_S = 10.0
+_CONTENTION_COUNT = 3
+_DOWN_REMINDER_S = 60.0
+# After the handshake, how long to wait for the first heartbeat's answer (firmware
+# that never answers is then handled without waiting for per-packet statuses).
+_FIRST_PROBE_WAIT_S = 1.0
+_CLOSE_JOIN_S = 3.0
+
+
+class LinkState(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """A snapshot for /status, systemd STATUS= and the sender."""
+
+    state: LinkState
+    since: float  # monotonic time of the last state change
+    address: str
+    reconnects: int = 0
+    last_cause: str = ""
+    node_num: Optional[int] = None
+    node_name: str = ""
+    radio: Optional[RadioParams] = None
+
+
+class LinkObserver(Protocol):
+    """What the outbox needs to hear from the link (called on library threads: be quick)."""
+
+    def link_changed(self, status: LinkStatus) -> None: ...
+
+    def queue_status(self, packet_id: int, res: int) -> None: ...
+
+    def routing_error(self, request_id: int, reason: int) -> None: ...
+
+
+InterfaceFactory = Callable[[LinkEvents], Any]
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short cause for the log line, without a traceback for expected network errors."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "connect timed out"
+    if isinstance(exc, (LinkLost, TxQueueFull)):
+        return str(exc)
+    if isinstance(exc, MeshInterface.MeshInterfaceError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_EXPECTED_ERRORS = (OSError, LinkLost, TxQueueFull, MeshInterface.MeshInterfaceError)
+
+
+class Backoff:
+    """Exponential backoff with jitter, between `low` and `high` seconds."""
+
+    def __init__(self, low: float, high: float, rng: random.Random) -> None:
+        self.low, self.high, self._rng = low, high, rng
+        self._failures = 0
+
+    def reset(self) -> None:
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.high, self.low * (2**self._failures))
+        self._failures = min(self._failures + 1, 32)
+        # "Equal jitter": never below half the ceiling, so a flapping node is not hammered.
+        return self._rng.uniform(max(self.low, ceiling / 2), ceiling)
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class NodeLink:
+    """Owns the interface and its reconnects. Start it once; stop it once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_packet: Callable[[dict], None],
+        *,
+        interface_factory: Optional[InterfaceFactory] = None,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self._settings = settings
+        self._on_packet = on_packet
+        self._factory = interface_factory or self._tcp_interface
+        self._observers: list[LinkObserver] = []
+        self._backoff = Backoff(settings.RECONNECT_MIN_S, settings.RECONNECT_MAX_S, rng or random.Random())
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._iface: Any = None
+        self._status = LinkStatus(LinkState.CONNECTING, time.monotonic(), self.address)
+        self._thread = threading.Thread(target=self._run, name="link", daemon=True)
+        self._quick_closes = 0
+        # pypubsub keeps only weak references: this attribute keeps the listener alive.
+        self._receive_listener = self._make_receive_listener()
+
+    # --- public ------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{self._settings.NODE_HOST}:{self._settings.NODE_PORT}"
+
+    @property
+    def interface(self) -> Any:
+        """The live interface, or None while the link is not up. Do not keep it."""
+        return self._iface
+
+    @property
+    def status(self) -> LinkStatus:
+        return self._status
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def add_observer(self, observer: LinkObserver) -> None:
+        self._observers.append(observer)
+
+    def start(self) -> None:
+        pub.subscribe(self._receive_listener, "meshtastic.receive")
+        self._thread.start()
+
+    def stop(self, timeout: float = _CLOSE_JOIN_S) -> None:
+        """Close the link on purpose (not reported as a loss) and wait for the owner thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        try:
+            pub.unsubscribe(self._receive_listener, "meshtastic.receive")
+        except Exception:  # the topic may never have been created
+            pass
+
+    # --- the owner thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        attempts = 0
+        down_since = time.monotonic()
+        last_report: Optional[float] = None  # when the down state was last logged
+        while not self._stop.is_set():
+            attempts += 1
+            self._set_state(LinkState.CONNECTING)
+            try:
+                iface = self._open()
+            except Exception as exc:  # every failure is retried; bugs get a traceback
+                cause = describe_error(exc)
+                if not isinstance(exc, _EXPECTED_ERRORS):
+                    log.error("unexpected error connecting to %s", self.address, exc_info=True)
+                self._set_state(LinkState.DOWN, cause=cause)
+                now = time.monotonic()
+                if last_report is None:
+                    log.warning("cannot reach the node at %s: %s; retrying", self.address, cause)
+                    last_report = now
+                elif now - last_report >= _DOWN_REMINDER_S:
+                    log.warning(
+                        "link to %s still down after %s, %d attempts: %s",
+                        self.address, _format_duration(now - down_since), attempts, cause,
+                    )
+                    last_report = now
+                self._sleep(self._backoff.next_delay())
+                continue
+
+            up_at = time.monotonic()
+            self._backoff.reset()
+            self._iface = iface
+            self._set_state(LinkState.UP, iface=iface)
+            facts = f"{self._status.node_name}, {self._status.radio.name if self._status.radio else '?'}"
+            if attempts == 1 and self._status.reconnects == 0:
+                log.info("link up to %s in %.1f s (%s)", self.address, up_at - down_since, facts)
+            else:
+                log.info(
+                    "link up after %.1f s, %d attempt%s (%s)",
+                    up_at - down_since, attempts, "" if attempts == 1 else "s", facts,
+                )
+            attempts = 0
+            cause = self._supervise(iface)
+            self._iface = None
+            self._close(iface)
+            if cause is None:  # stop() was called
+                break
+            down_since = last_report = time.monotonic()
+            self._status = replace(self._status, reconnects=self._status.reconnects + 1)
+            self._set_state(LinkState.DOWN, cause=cause)
+            log.warning("link to %s lost after %s up: %s", self.address, _format_duration(down_since - up_at), cause)
+            self._sleep(self._delay_after_loss(cause, down_since - up_at))
+        self._set_state(LinkState.CLOSED)
+
+    def _open(self) -> Any:
+        """Connect and complete the handshake, or raise; never leaves a socket open on failure."""
+        self._wake.clear()
+        iface = self._factory(LinkEvents(lost=self._lost, queue_status=self._queue_status, routing_error=self._routing_error))
+        iface.link_owner = self
+        try:
+            iface.connect()
+            # Probe once now: the answer tells whether this firmware reports every packet.
+            iface.send_probe(strong=False)
+            self._wait_for(lambda: iface.answers_queue_status, iface)
+            if not iface.answers_queue_status:
+                # Firmware too old to answer heartbeats: its liveness comes from the
+                # metadata request, which it does answer.
+                asked_at = time.monotonic()
+                iface.send_probe(strong=True)
+                self._wait_for(lambda: iface.last_rx >= asked_at, iface)
+            if not iface.alive:
+                raise LinkLost(iface.lost_cause or "closed during handshake")
+        except BaseException:
+            self._close(iface)
+            raise
+        return iface
+
+    @staticmethod
+    def _wait_for(condition: Callable[[], bool], iface: Any) -> None:
+        deadline = time.monotonic() + _FIRST_PROBE_WAIT_S
+        while not condition() and iface.alive and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _supervise(self, iface: Any) -> Optional[str]:
+        """Watch a live link; return the cause of loss, or None when asked to stop."""
+        probe_every = self._settings.PROBE_INTERVAL_S
+        timeout = self._settings.LINK_TIMEOUT_S
+        next_probe = time.monotonic() + probe_every
+        while True:
+            now = time.monotonic()
+            wait = min(next_probe, iface.last_rx + timeout) - now
+            if wait > 0 and self._wake.wait(wait):
+                self._wake.clear()
+            if self._stop.is_set():
+                return None
+            if iface.lost_cause:
+                return iface.lost_cause
+            now = time.monotonic()
+            silent = now - iface.last_rx
+            if silent >= timeout:
+                return f"no frame from the node for {silent:.0f} s (half-open link)"
+            if now >= next_probe:
+                try:
+                    # Add the metadata request when heartbeats go unanswered: old firmware
+                    # never answers them, and a node that stopped may answer that one.
+                    iface.send_probe(strong=not iface.answers_queue_status or silent > probe_every)
+                except _EXPECTED_ERRORS as exc:
+                    return iface.lost_cause or describe_error(exc)
+                next_probe = now + probe_every
+
+    def _delay_after_loss(self, cause: str, was_up_s: float) -> float:
+        """Backoff, or a long pause when another client keeps taking the node's TCP API."""
+        if cause == "node closed the connection" and was_up_s < _CONTENTION_UP_S:
+            self._quick_closes += 1
+        else:
+            self._quick_closes = 0
+        if self._quick_closes >= _CONTENTION_COUNT:
+            pause = self._settings.CONTENTION_BACKOFF_S
+            log.warning(
+                "the node closed the connection %d times within %.0f s of the handshake: another client "
+                "(phone app on the node's Wi-Fi, meshtastic CLI) is probably using its TCP API, which takes one "
+                "client at a time; waiting %.0f s instead of fighting it",
+                self._quick_closes, _CONTENTION_UP_S, pause,
+            )
+            self._quick_closes = 0
+            return pause
+        return self._backoff.next_delay()
+
+    def _close(self, iface: Any) -> None:
+        """Close completely (reader thread joined) so two sockets never coexist."""
+        closer = threading.Thread(target=self._close_quietly, args=(iface,), name="link-close", daemon=True)
+        closer.start()
+        closer.join(_CLOSE_JOIN_S)
+        if closer.is_alive():
+            log.error("closing the old connection to %s is taking over %.0f s", self.address, _CLOSE_JOIN_S)
+            closer.join()
+
+    @staticmethod
+    def _close_quietly(iface: Any) -> None:
+        try:
+            iface.close()
+        except Exception:
+            log.debug("error while closing the interface", exc_info=True)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    # --- events from the interface (library threads) -----------------------------------------
+    def _lost(self, cause: str) -> None:
+        self._wake.set()
+
+    def _queue_status(self, packet_id: int, res: int) -> None:
+        for observer in self._observers:
+            observer.queue_status(packet_id, res)
+
+    def _routing_error(self, request_id: int, reason: int) -> None:
+        for observer in self._observers:
+            observer.routing_error(request_id, reason)
+
+    def _make_receive_listener(self) -> Callable[..., None]:
+        def on_receive(packet: dict, interface: Any = None) -> None:
+            # Runs on the library's one publishing thread: only hand the packet over.
+            if getattr(interface, "link_owner", None) is self:
+                self._on_packet(packet)
+
+        return on_receive
+
+    # --- state ---------------------------------------------------------------------------
+    def _set_state(self, state: LinkState, *, cause: str = "", iface: Any = None) -> None:
+        with self._lock:
+            status = replace(self._status, state=state, since=time.monotonic())
+            if cause:
+                status = replace(status, last_cause=cause)
+            if iface is not None:
+                status = replace(status, **_node_facts(iface))
+            self._status = status
+        for observer in self._observers:
+            observer.link_changed(status)
+
+    def _tcp_interface(self, events: LinkEvents) -> OptimizedTCPInterface:
+        s = self._settings
+        return OptimizedTCPInterface(
+            s.NODE_HOST,
+            s.NODE_PORT,
+            events=events,
+            connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            link_timeout_s=s.LINK_TIMEOUT_S,
+            connectNow=False,
+        )
+
+
+def _node_facts(iface: Any) -> dict[str, Any]:
+    """Who the node is, from the handshake."""
+    num = iface.myInfo.my_node_num if iface.myInfo is not None else None
+    name = f"!{num:08x}" if num is not None else "?"
+    node = (iface.nodesByNum or {}).get(num) if num is not None else None
+    if node and node.get("user", {}).get("shortName"):
+        name = f"!{num:08x} {node['user']['shortName']}"
+    lora = iface.localNode.localConfig.lora if iface.localNode.localConfig.HasField("lora") else None
+    return {"node_num": num, "node_name": name, "radio": radio_params(lora)}

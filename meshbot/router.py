@@ -1,0 +1,238 @@
+"""Command router: turns a received text into a handler call and its reply.
+
+The router knows nothing of what handlers do. A handler is a function marked with
+`@command(...)` in a module of `handlers/`; it receives a `CommandContext` (the
+request and the services it may use) and returns the reply text, or None. The router
+applies the reply policy: a command sent by DM is answered by DM, a command sent on a
+channel is answered on that channel, threaded to the command with `reply_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import types
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+
+from meshtastic.protobuf import portnums_pb2
+
+from meshbot.config import Settings
+
+if TYPE_CHECKING:
+    from meshbot.link import NodeLink
+    from meshbot.sender import MessageSender
+
+log = logging.getLogger(__name__)
+
+BROADCAST_NUM = 0xFFFFFFFF
+MAX_ARGS_CHARS = 200
+_TEXT_PORT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
+
+
+Handler = Callable[["CommandContext"], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as registered: its name, aliases, one-line help and where it may run."""
+
+    name: str
+    func: Handler
+    help: str
+    aliases: tuple[str, ...] = ()
+    on_channel: bool = True  # False: answered only by DM
+    admin: bool = False
+
+
+def command(
+    name: str, *, help: str, aliases: Iterable[str] = (), on_channel: bool = True, admin: bool = False
+) -> Callable[[Handler], Handler]:
+    """Mark a handler function as a command (sopel-style); `handlers/` lists the modules."""
+
+    def mark(func: Handler) -> Handler:
+        func.meshbot_command = Command(name, func, help, tuple(aliases), on_channel, admin)  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+class CommandRegistry:
+    """Names and aliases to commands; exact match only (`/echoes` is not `/echo`)."""
+
+    def __init__(self) -> None:
+        self._commands: list[Command] = []
+        self._by_name: dict[str, Command] = {}
+
+    def add(self, cmd: Command) -> None:
+        for name in (cmd.name, *cmd.aliases):
+            key = name.lower()
+            if key in self._by_name:
+                raise ValueError(f"command /{key} registered twice")
+            self._by_name[key] = cmd
+        self._commands.append(cmd)
+
+    def add_module(self, module: types.ModuleType) -> None:
+        found = [obj.meshbot_command for obj in vars(module).values() if hasattr(obj, "meshbot_command")]
+        if not found:
+            raise ValueError(f"{module.__name__} defines no @command")
+        for cmd in found:
+            self.add(cmd)
+
+    def lookup(self, name: str) -> Optional[Command]:
+        return self._by_name.get(name)
+
+    def commands(self) -> list[Command]:
+        return list(self._commands)
+
+
+@dataclass(frozen=True)
+class InboundText:
+    """The fields of a received text packet that commands use."""
+
+    id: int
+    sender: int
+    to: int
+    channel: int
+    text: str
+    rx_snr: float
+    rx_rssi: int
+    hop_start: int
+    hop_limit: int
+    via_mqtt: bool
+    pki_encrypted: bool
+
+    @classmethod
+    def from_packet(cls, packet: dict) -> Optional["InboundText"]:
+        raw = packet.get("raw")
+        if raw is None or not raw.HasField("decoded") or raw.decoded.portnum != _TEXT_PORT:
+            return None
+        return cls(
+            id=raw.id,
+            sender=getattr(raw, "from"),
+            to=raw.to,
+            channel=raw.channel,
+            # Invalid UTF-8 from a radio is answered, not fatal: show it as U+FFFD.
+            text=raw.decoded.payload.decode("utf-8", "replace"),
+            rx_snr=raw.rx_snr,
+            rx_rssi=raw.rx_rssi,
+            hop_start=raw.hop_start,
+            hop_limit=raw.hop_limit,
+            via_mqtt=raw.via_mqtt,
+            pki_encrypted=raw.pki_encrypted,
+        )
+
+
+def clean_args(text: str, limit: int = MAX_ARGS_CHARS) -> str:
+    """Remove control and format-breaking characters, collapse blanks, cap the length."""
+    kept = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cc":  # control characters, NUL included; tabs and newlines become spaces
+            if ch in "\t\n\r":
+                kept.append(" ")
+            continue
+        kept.append(ch)
+    return " ".join("".join(kept).split())[:limit]
+
+
+def node_short_name(iface: Any, num: int) -> str:
+    """The node's short name from the node DB, or the last 4 hex digits of its number."""
+    node = (getattr(iface, "nodesByNum", None) or {}).get(num) if iface is not None else None
+    short = (node or {}).get("user", {}).get("shortName")
+    if short:
+        return clean_args(short, 8) or f"{num & 0xFFFF:04x}"
+    return f"{num & 0xFFFF:04x}"
+
+
+@dataclass
+class BotStats:
+    """Counters /status reports."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    commands: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count_command(self) -> None:
+        with self._lock:
+            self.commands += 1
+
+
+@dataclass
+class Services:
+    """What handlers may use. Handlers send through `sender`; none keeps the interface."""
+
+    settings: Settings
+    sender: "MessageSender"
+    link: "NodeLink"
+    registry: CommandRegistry
+    stats: BotStats
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """One command invocation, as a handler sees it."""
+
+    command: Command
+    name_used: str
+    args: str
+    message: InboundText
+    sender_name: str
+    is_dm: bool
+    services: Services
+
+    @property
+    def channel(self) -> int:
+        return self.message.channel
+
+
+class Router:
+    """Decides what a received packet is and whom to answer. Runs on handler workers."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    def handle(self, packet: dict) -> None:
+        message = InboundText.from_packet(packet)
+        if message is None:
+            return
+        services = self._services
+        own_num = services.link.status.node_num
+        if message.sender == own_num or not message.text.startswith("/"):
+            return
+        word, _, rest = message.text[1:].partition(" ")
+        name = clean_args(word, 32).lower()
+        iface = services.sender.get_interface()
+        is_dm = own_num is not None and message.to == own_num
+        cmd = services.registry.lookup(name) if name else None
+        if cmd is None:
+            reply: Optional[str] = f"unknown command /{name}: send /help" if name else "send /help for commands"
+        else:
+            ctx = CommandContext(
+                command=cmd,
+                name_used=name,
+                args=clean_args(rest),
+                message=message,
+                sender_name=node_short_name(iface, message.sender),
+                is_dm=is_dm,
+                services=services,
+            )
+            reply = self._run(ctx)
+            services.stats.count_command()
+        if reply:
+            to = message.sender if is_dm else BROADCAST_NUM
+            texts = services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+            log.info(
+                "/%s from !%08x on %s: %d text%s",
+                name or "", message.sender, "DM" if is_dm else f"ch{message.channel}", texts, "" if texts == 1 else "s",
+            )
+
+    @staticmethod
+    def _run(ctx: CommandContext) -> Optional[str]:
+        try:
+            return ctx.command.func(ctx)
+        except Exception:
+            log.exception("handler /%s failed on %r", ctx.command.name, ctx.message.text[:80])
+            return f"sorry, /{ctx.command.name} failed"

@@ -1,0 +1,320 @@
+"""`MessageSender` and its outbox: the only way anything is sent to the mesh.
+
+`send()` splits a reply into texts the firmware accepts, queues them and returns at
+once. One thread, the outbox's, drains the queue in order, one text at a time:
+
+* it waits until the link is up, and until the previous text is both
+  `MIN_TEXT_INTERVAL_S` old and off the air (airtime on the node's LoRa preset);
+* it writes the text and waits for the node's verdict on that packet id: the
+  `queueStatus` for it, then possibly a ROUTING_APP `RATE_LIMIT_EXCEEDED` naming it
+  (the firmware answers a rate-limited text with res = 0 *and* that error);
+* a rejected text goes back to the head of the queue and is sent again with a new
+  packet id, up to 3 times; a text whose verdict never came because the link died is
+  sent again after the reconnect with the *same* id, so a node that did get it ignores
+  the copy (it drops ids it saw among the client's last 20);
+* texts older than `OUTBOX_TTL_S` and the oldest beyond `OUTBOX_MAX` are dropped, each
+  with a WARNING: nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from meshtastic.mesh_interface import MeshInterface
+from meshtastic.protobuf import mesh_pb2
+
+from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
+from meshbot.interface import LinkLost, TxQueueFull
+from meshbot.link import LinkStatus, NodeLink
+from meshbot.text import split_text, utf8_len
+
+log = logging.getLogger(__name__)
+
+BROADCAST_NUM = 0xFFFFFFFF
+MAX_RESENDS = 3
+_RATE_LIMITED = mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED
+# After a rejection the firmware's 2 s text timer still runs from the last accepted
+# text; wait a little more than that before the next attempt.
+_RETRY_GAP_S = FIRMWARE_TEXT_INTERVAL_S * 1.1
+_RECENT_IDS = 64
+
+
+def describe_destination(to: int, channel: int) -> str:
+    return f"ch{channel}" if to == BROADCAST_NUM else f"!{to:08x}"
+
+
+@dataclass
+class OutgoingText:
+    """One text waiting in the outbox."""
+
+    text: str
+    to: int
+    channel: int
+    reply_to: Optional[int]
+    created: float
+    resends: int = 0
+    # Id of a write whose verdict never came (the link died): resent with this same id.
+    unconfirmed_id: Optional[int] = None
+
+    def label(self) -> str:
+        preview = self.text if len(self.text) <= 40 else self.text[:39] + "…"
+        return f"text to {describe_destination(self.to, self.channel)} {preview!r}"
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    sent: int
+    queued: int
+    dropped: int
+    resent: int
+
+
+class MessageSender:
+    """Owns the outbox and the one thread that drains it. Thread-safe `send()`."""
+
+    def __init__(self, settings: Settings, link: NodeLink) -> None:
+        self._settings = settings
+        self._link = link
+        self._cond = threading.Condition()
+        self._queue: collections.deque[OutgoingText] = collections.deque()
+        self._inflight_id: Optional[int] = None
+        self._inflight_res: Optional[int] = None
+        self._inflight_rate_limited = False
+        # The last accepted text, until the next is sent: a RATE_LIMIT_EXCEEDED naming it
+        # may still arrive just after its queueStatus.
+        self._last_accepted: Optional[tuple[int, OutgoingText]] = None
+        self._recent_ids: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._next_send_at = 0.0
+        self._stopping = False
+        self._deadline = math.inf
+        self._sent = self._dropped = self._resent = 0
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        link.add_observer(self)
+
+    # --- public ----------------------------------------------------------------------------
+    def get_interface(self) -> Any:
+        """The shared interface, or None while the link is down. Never keep it."""
+        return self._link.interface
+
+    def send(self, text: str, to: int = BROADCAST_NUM, channel: int = 0, reply_to: Optional[int] = None) -> int:
+        """Split and queue a reply; return at once with the number of texts queued."""
+        chunks = split_text(text, self._settings.MAX_TEXT_BYTES, self._settings.MAX_CHUNKS)
+        now = time.monotonic()
+        with self._cond:
+            if self._stopping:
+                log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
+                return 0
+            for chunk in chunks:
+                self._queue.append(OutgoingText(chunk, to, channel, reply_to, now))
+            while len(self._queue) > self._settings.OUTBOX_MAX:
+                oldest = self._queue.popleft()
+                self._dropped += 1
+                log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
+            self._cond.notify_all()
+        return len(chunks)
+
+    def stats(self) -> OutboxStats:
+        with self._cond:
+            queued = len(self._queue) + (1 if self._inflight_id is not None else 0)
+            return OutboxStats(self._sent, queued, self._dropped, self._resent)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, deadline: float) -> None:
+        """Flush what can go out before `deadline` (monotonic), then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._deadline = deadline
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._cond:
+            left = len(self._queue)
+        if left:
+            log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
+
+    # --- events from the link (library threads: only record and notify) ---------------------
+    def link_changed(self, status: LinkStatus) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def queue_status(self, packet_id: int, res: int) -> None:
+        with self._cond:
+            if packet_id and packet_id == self._inflight_id and self._inflight_res is None:
+                self._inflight_res = res
+                self._cond.notify_all()
+
+    def routing_error(self, request_id: int, reason: int) -> None:
+        reason_name = mesh_pb2.Routing.Error.Name(reason) if reason in mesh_pb2.Routing.Error.values() else str(reason)
+        with self._cond:
+            if reason == _RATE_LIMITED:
+                if request_id == self._inflight_id:
+                    self._inflight_rate_limited = True
+                    self._cond.notify_all()
+                    return
+                if self._last_accepted is not None and self._last_accepted[0] == request_id:
+                    item = self._last_accepted[1]
+                    self._last_accepted = None
+                    self._sent -= 1
+                    self._reject(item, "rate limited by the node", time.monotonic())
+                    self._cond.notify_all()
+                    return
+            label = self._recent_ids.get(request_id)
+        if label is not None:
+            log.info("node reports %s for %s", reason_name, label)
+
+    # --- the outbox thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._next_item()
+            if picked is None:
+                return
+            item, iface = picked
+            try:
+                self._deliver(item, iface)
+            except Exception:  # a bug here must not stop the outbox
+                log.exception("unexpected error sending %s", item.label())
+                with self._cond:
+                    self._inflight_id = None
+                    self._requeue(item)
+                    self._next_send_at = time.monotonic() + _RETRY_GAP_S
+
+    def _next_item(self) -> Optional[tuple[OutgoingText, Any]]:
+        """Under the lock: wait until a text may go out; None when the thread should end."""
+        while True:
+            now = time.monotonic()
+            self._expire(now)
+            if self._stopping and (not self._queue or now >= self._deadline):
+                return None
+            if not self._queue:
+                self._cond.wait(self._deadline - now if self._stopping else None)
+                continue
+            wake_at = min(item.created for item in self._queue) + self._settings.OUTBOX_TTL_S
+            if self._stopping:
+                wake_at = min(wake_at, self._deadline)
+            iface = self._link.interface
+            if iface is None or not iface.alive:
+                self._cond.wait(max(0.0, min(wake_at - now, 1.0)))
+                continue
+            if now < self._next_send_at:
+                if self._stopping and self._next_send_at >= self._deadline:
+                    return None  # the next text could not go out in time
+                self._cond.wait(min(wake_at, self._next_send_at) - now)
+                continue
+            self._last_accepted = None  # its window for a late rate-limit verdict is over
+            return self._queue.popleft(), iface
+
+    def _deliver(self, item: OutgoingText, iface: Any) -> None:
+        packet_id = item.unconfirmed_id or iface.new_packet_id()
+        with self._cond:
+            self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
+        try:
+            iface.send_text_packet(
+                item.text,
+                item.to,
+                item.channel,
+                reply_id=item.reply_to,
+                want_ack=item.to != BROADCAST_NUM,  # a DM is retried by the firmware until acknowledged
+                packet_id=packet_id,
+            )
+        except TxQueueFull as exc:
+            with self._cond:
+                self._inflight_id = None
+                self._requeue(item)
+                self._next_send_at = time.monotonic() + _RETRY_GAP_S
+            log.info("%s; will retry", exc)
+            return
+        except (LinkLost, OSError, MeshInterface.MeshInterfaceError) as exc:
+            # Not (fully) written: the link owner reconnects, and the text goes out then.
+            with self._cond:
+                self._inflight_id = None
+                item.unconfirmed_id = packet_id
+                self._requeue(item)
+            log.debug("send of %s failed (%s); kept for after the reconnect", item.label(), exc)
+            return
+        written_at = time.monotonic()
+        with self._cond:
+            verdict = self._await_verdict(iface)
+            self._inflight_id = None
+            if verdict is None:  # link lost before the node said anything
+                item.unconfirmed_id = packet_id
+                self._requeue(item)
+                return
+            self._next_send_at = written_at + self._gap(item.text)
+            if verdict == 0 and not self._inflight_rate_limited:
+                self._accepted(packet_id, item)
+            else:
+                why = "rate limited by the node" if self._inflight_rate_limited else f"rejected by the node (res={verdict})"
+                self._reject(item, why, written_at)
+
+    def _await_verdict(self, iface: Any) -> Optional[int]:
+        """Under the lock: the node's res for the in-flight packet; None if the link died first."""
+        if not iface.answers_queue_status:
+            return 0  # old firmware: a successful write is all we will ever know
+        give_up_at = time.monotonic() + self._settings.LINK_TIMEOUT_S
+        while self._inflight_res is None and not self._inflight_rate_limited:
+            if not iface.alive:
+                return None
+            now = time.monotonic()
+            if now >= give_up_at:
+                log.warning("no status from the node %.0f s after a text; assuming it was sent", now - give_up_at + self._settings.LINK_TIMEOUT_S)
+                return 0
+            self._cond.wait(0.25)
+        return self._inflight_res if self._inflight_res is not None else 0
+
+    def _accepted(self, packet_id: int, item: OutgoingText) -> None:
+        self._sent += 1
+        self._last_accepted = (packet_id, item)
+        self._recent_ids[packet_id] = item.label()
+        if len(self._recent_ids) > _RECENT_IDS:
+            self._recent_ids.popitem(last=False)
+        log.debug("sent %s (%d B, id %08x)", item.label(), utf8_len(item.text), packet_id)
+
+    def _reject(self, item: OutgoingText, why: str, now: float) -> None:
+        """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
+        item.unconfirmed_id = None
+        item.resends += 1
+        if item.resends > MAX_RESENDS:
+            self._dropped += 1
+            log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
+            return
+        self._resent += 1
+        log.info("%s %s; sending it again (%d/%d)", item.label(), why, item.resends, MAX_RESENDS)
+        self._requeue(item)
+        self._next_send_at = max(self._next_send_at, now + max(self._settings.MIN_TEXT_INTERVAL_S, _RETRY_GAP_S))
+
+    def _requeue(self, item: OutgoingText) -> None:
+        self._queue.appendleft(item)
+        self._cond.notify_all()
+
+    def _gap(self, text: str) -> float:
+        gap = self._settings.MIN_TEXT_INTERVAL_S
+        radio = self._link.status.radio
+        if self._settings.PACE_BY_AIRTIME and radio is not None:
+            gap = max(gap, radio.airtime_s(utf8_len(text)))
+        return gap
+
+    def _expire(self, now: float) -> None:
+        """Under the lock: drop texts older than OUTBOX_TTL_S, each with a WARNING."""
+        ttl = self._settings.OUTBOX_TTL_S
+        if not any(now - item.created > ttl for item in self._queue):
+            return
+        kept: collections.deque[OutgoingText] = collections.deque()
+        for item in self._queue:
+            if now - item.created > ttl:
+                self._dropped += 1
+                log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
+            else:
+                kept.append(item)
+        self._queue = kept

@@ -1,0 +1,98 @@
+"""Cutting replies into texts the firmware accepts: at most N bytes of UTF-8 each.
+
+Limits are in bytes, not characters: an emoji is 4 bytes, a Cyrillic letter 2. A cut
+never falls inside a character, prefers a space, and avoids separating a base letter
+from its combining mark or an emoji from its modifier. Chunk markers ` (1/3)` count
+inside the budget; a reply longer than the allowed number of chunks ends with `…`.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+ELLIPSIS = "…"
+_ELLIPSIS_BYTES = len(ELLIPSIS.encode("utf-8"))
+_ZWJ = "\u200d"
+_JOINERS = {_ZWJ, "\ufe0f", "\ufe0e"}
+
+
+def utf8_len(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _char_bytes(ch: str) -> int:
+    cp = ord(ch)
+    return 1 if cp < 0x80 else 2 if cp < 0x800 else 3 if cp < 0x10000 else 4
+
+
+def _glued(text: str, cut: int) -> bool:
+    """True if cutting between text[cut-1] and text[cut] would split one visible symbol."""
+    nxt, prev = text[cut], text[cut - 1]
+    return (
+        nxt in _JOINERS
+        or prev == _ZWJ
+        or unicodedata.combining(nxt) != 0
+        or 0x1F3FB <= ord(nxt) <= 0x1F3FF  # skin-tone modifier
+    )
+
+
+def _take(text: str, start: int, budget: int) -> tuple[str, int]:
+    """The longest piece of text[start:] within `budget` bytes, and where the rest starts."""
+    end, used, n = start, 0, len(text)
+    while end < n:
+        size = _char_bytes(text[end])
+        if used + size > budget:
+            break
+        used += size
+        end += 1
+    if end < n and not text[end].isspace():
+        space = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+        # A space in the second half of the piece is a good cut; an earlier one would
+        # waste too much of a text that costs airtime, so cut the word instead.
+        if space > start + (end - start) // 2:
+            end = space
+        else:
+            while end - 1 > start and _glued(text, end):
+                end -= 1
+    piece = text[start:end].rstrip()
+    while end < n and text[end].isspace():
+        end += 1
+    return piece, end
+
+
+def _pieces(text: str, budget: int) -> list[str]:
+    pieces, pos = [], 0
+    while pos < len(text):
+        piece, pos = _take(text, pos, budget)
+        if piece:
+            pieces.append(piece)
+    return pieces
+
+
+def split_text(text: str, max_bytes: int, max_chunks: int) -> list[str]:
+    """Split `text` into at most `max_chunks` texts of at most `max_bytes` UTF-8 bytes each."""
+    # Lone surrogates cannot be sent; make them visible instead of crashing the encoder.
+    text = text.encode("utf-8", "replace").decode("utf-8").strip()
+    if not text:
+        return []
+    if utf8_len(text) <= max_bytes:
+        return [text]
+    if max_chunks == 1:
+        return [_take(text, 0, max_bytes - _ELLIPSIS_BYTES)[0] + ELLIPSIS]
+
+    for digits in (1, 2):
+        marker_bytes = len(f" ({'9' * digits}/{'9' * digits})")
+        budget = max_bytes - marker_bytes
+        pieces = _pieces(text, budget)
+        if len(pieces) < 10 ** digits:
+            break
+    if len(pieces) > max_chunks:
+        pieces = pieces[: max_chunks - 1]
+        # Re-cut the last allowed chunk from where the kept ones end, leaving room for "…".
+        pos = 0
+        for _ in range(max_chunks - 1):
+            _, pos = _take(text, pos, budget)
+        last, _ = _take(text, pos, budget - _ELLIPSIS_BYTES)
+        pieces.append(last + ELLIPSIS)
+    total = len(pieces)
+    return [f"{piece} ({i}/{total})" for i, piece in enumerate(pieces, 1)]
