@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 45
 
-.PHONY: demo test bench run check-config clean
+.PHONY: demo test bench run check-config clean example-config
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ check-config: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Regenerate config.example.py after adding a key (a test fails until you do).
+example-config: $(VENV)/.installed
+	$(PY) -c "from meshbot.config import example_config_text as t; print(t(), end='')" > config.example.py

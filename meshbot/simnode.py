@@ -147,6 +147,8 @@ class SimulatedNode:
         self._packet_ids = random.Random(4403)
         self._from_radio_id = 0
         self._threads: list[threading.Thread] = []
+        self.listening_since: Optional[float] = None  # monotonic; None while not listening
+        self.handshake_at: Optional[float] = None  # when the last config handshake was sent
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "SimulatedNode":
@@ -181,10 +183,12 @@ class SimulatedNode:
         listener.settimeout(0.1)
         self.port = listener.getsockname()[1]
         self._listener = listener
+        self.listening_since = time.monotonic()
         self._spawn(self._accept_loop, listener, name="sim-accept")
 
     def _close_listener(self) -> None:
         listener, self._listener = self._listener, None
+        self.listening_since = None
         if listener is not None:
             listener.close()
 
@@ -429,6 +433,7 @@ class SimulatedNode:
         self._send_many(client, self._config_frames(nonce))
         with self._cond:
             client.configured = True
+            self.handshake_at = time.monotonic()
             self.counters.handshakes += 1
             self._cond.notify_all()
 
@@ -459,7 +464,10 @@ class SimulatedNode:
             self._cond.notify_all()
         try:
             if rst:
+                # Linger 0 turns close() into a reset. The serving thread's blocked recv()
+                # would defer the close until it returns: SHUT_RD wakes it without sending.
                 client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.sock.shutdown(socket.SHUT_RD)
             else:
                 client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -1,0 +1,44 @@
+# meshbot configuration: copy to config.py and edit. Every key is shown with its default.
+# Check it with: python main.py --config config.py --check-config  (exit 0, or 78 naming the key)
+
+# --- The node link ---------------------------------------------------------
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required unless --demo). Expected: a string.
+NODE_HOST = ''
+# TCP port of the node's API. Expected: an integer from 1 to 65535.
+NODE_PORT = 4403
+# Give up one connect + config handshake after this long. Expected: a number from 0.5 to 300.
+CONNECT_TIMEOUT_S = 10.0
+# Send a heartbeat to the node this often. Expected: a number from 0.2 to 600.
+PROBE_INTERVAL_S = 20.0
+# No frame from the node for this long means the link is dead. Expected: a number from 0.5 to 3600.
+LINK_TIMEOUT_S = 45.0
+# First reconnect delay; doubles (with jitter) per failed attempt. Expected: a number from 0.05 to 600.
+RECONNECT_MIN_S = 0.5
+# Longest reconnect delay. Expected: a number from 0.05 to 3600.
+RECONNECT_MAX_S = 5.0
+# Delay when another client (phone app, CLI) keeps taking the node's TCP API. Expected: a number from 0.1 to 3600.
+CONTENTION_BACKOFF_S = 60.0
+
+# --- Sending ---------------------------------------------------------------
+# Least time between two texts (the firmware drops texts < 2 s apart). Expected: a number from 0 to 600.
+MIN_TEXT_INTERVAL_S = 2.5
+# Also wait the previous text's time on air (from the node's LoRa preset). Expected: True or False.
+PACE_BY_AIRTIME = True
+# Largest text, in bytes of UTF-8. Expected: an integer from 40 to 228.
+MAX_TEXT_BYTES = 200
+# Most texts one reply may be split into. Expected: an integer from 1 to 10.
+MAX_CHUNKS = 4
+# A text not sent after this long is dropped (with a WARNING). Expected: a number from 1 to 86400.
+OUTBOX_TTL_S = 300.0
+# Most texts waiting to be sent; past it the oldest is dropped. Expected: an integer from 1 to 10000.
+OUTBOX_MAX = 50
+
+# --- Receiving -------------------------------------------------------------
+# Worker threads running command handlers. Expected: an integer from 1 to 64.
+HANDLER_THREADS = 4
+# Packets waiting for a worker; past it new packets are dropped. Expected: an integer from 10 to 100000.
+INBOUND_QUEUE_MAX = 1000
+
+# --- Logging ---------------------------------------------------------------
+# Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
+LOG_LEVEL = 'INFO'

@@ -1,0 +1,142 @@
+"""The command line and the config file, through `main.py` in a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meshbot.config import EX_CONFIG, Settings, example_config_text, load_settings
+from meshbot.simnode import SimulatedNode
+from tests.conftest import ROOT, wait_until
+
+
+def run_main(*args: str, cwd: Path = ROOT, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "config.py"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "line, key, expected",
+    [
+        ('NODE_PORT = "abc"', "NODE_PORT", "an integer from 1 to 65535"),
+        ("NODE_PORT = 70000", "NODE_PORT", "an integer from 1 to 65535"),
+        ("MAX_TEXT_BYTES = 229", "MAX_TEXT_BYTES", "an integer from 40 to 228"),
+        ("MAX_CHUNKS = 0", "MAX_CHUNKS", "an integer from 1 to 10"),
+        ("PROBE_INTERVAL_S = 'often'", "PROBE_INTERVAL_S", "a number"),
+        ("PACE_BY_AIRTIME = 1", "PACE_BY_AIRTIME", "True or False"),
+        ("LOG_LEVEL = 'LOUD'", "LOG_LEVEL", "one of 'DEBUG'"),
+        ("LINK_TIMEOUT_S = 10", "LINK_TIMEOUT_S", "> PROBE_INTERVAL_S"),
+    ],
+)
+def test_bad_value_exits_78_with_one_line_naming_the_key(tmp_path, line, key, expected):
+    config = write_config(tmp_path, f'NODE_HOST = "127.0.0.1"\n{line}\n')
+    for extra in (["--check-config"], []):  # the daemon itself stops before connecting
+        result = run_main("--config", str(config), *extra)
+        assert result.returncode == EX_CONFIG, result.stderr
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, result.stderr
+        assert key in lines[0] and expected in lines[0]
+
+
+def test_missing_node_host_and_missing_file_exit_78(tmp_path):
+    result = run_main("--config", str(write_config(tmp_path, "NODE_PORT = 4403\n")), "--check-config")
+    assert result.returncode == EX_CONFIG and "NODE_HOST is required" in result.stderr
+    result = run_main("--config", str(tmp_path / "nope.py"), "--check-config")
+    assert result.returncode == EX_CONFIG and "not found" in result.stderr
+    result = run_main("--config", str(write_config(tmp_path, "NODE_HOST = (\n")), "--check-config")
+    assert result.returncode == EX_CONFIG and "syntax error" in result.stderr
+
+
+def test_unknown_key_warns_with_the_closest_known_key(tmp_path):
+    config = write_config(tmp_path, 'NODE_HOST = "10.0.0.2"\nNODE_PROT = 4403\nhelper = 1\n')
+    result = run_main("--config", str(config), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "unknown key NODE_PROT ignored (did you mean NODE_PORT?)" in result.stderr
+    assert "helper" not in result.stderr  # lower-case names are the operator's own helpers
+
+
+def test_version():
+    result = run_main("--version")
+    assert result.returncode == 0 and result.stdout.startswith("meshbot ")
+
+
+def test_config_example_documents_every_key_with_its_default():
+    text = (ROOT / "config.example.py").read_text()
+    assert text == example_config_text(), "run `make example-config` after changing a key"
+    settings = load_settings(ROOT / "config.example.py", demo=True)
+    assert settings == Settings()
+
+
+def test_readme_key_table_matches_the_settings():
+    from meshbot.config import markdown_key_table
+
+    assert markdown_key_table() in (ROOT / "README.md").read_text()
+
+
+def test_sigterm_stops_the_daemon_within_5_s_with_exit_0(tmp_path):
+    with SimulatedNode(text_rate_limit_s=None) as node:
+        config = write_config(
+            tmp_path,
+            f'NODE_HOST = "127.0.0.1"\nNODE_PORT = {node.port}\nMIN_TEXT_INTERVAL_S = 1.0\n',
+        )
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--config", str(config)],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert node.wait_connected(15)
+            wait_until(lambda: node.connected, 5)
+            # Two replies queued: the flush sends what the deadline allows.
+            for _ in range(2):
+                node.user_text(0x1A2B3C01, "/ping")
+            node.wait_texts(1, 5)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=10)
+            elapsed = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read() if proc.stderr else ""
+        assert code == 0, stderr
+        assert elapsed < 5.0
+        assert "SIGTERM received" in stderr
+        assert len(node.texts) == 2  # the second reply was flushed before exit
+        assert "Traceback" not in stderr
+
+
+def test_journal_format_carries_syslog_priorities(tmp_path):
+    config = write_config(tmp_path, 'NODE_HOST = "127.0.0.1"\nNODE_PROT = 1\n')
+    env = dict(os.environ, JOURNAL_STREAM="8:1234")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--check-config"],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    lines = result.stderr.splitlines()
+    assert any(ln.startswith("<4>meshbot.config: unknown key NODE_PROT") for ln in lines), lines
+    assert any(ln.startswith("<6>meshbot: config OK") for ln in lines), lines
+    assert not any(ln[:4].isdigit() for ln in lines)  # journald adds the timestamps
+
+
+def test_demo_runs_the_script_against_the_simulated_node():
+    result = run_main("--demo", "--demo-seconds", "12", timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "ALIC  -> ch0   /ping" in out
+    assert "BOT   -> ch0   pong" in out
+    assert "BOT   -> BOB   pong" in out  # the DM answered by DM
+    assert "unknown command /pong" in out
+    assert "link up after" in result.stderr  # the FIN in the script was survived
