@@ -39,6 +39,24 @@ HANDLER_THREADS = 4
 # Packets waiting for a worker; past it new packets are dropped. Expected: an integer from 10 to 100000.
 INBOUND_QUEUE_MAX = 1000
 
+# --- Commands --------------------------------------------------------------
+# A packet seen again (same sender and id), or an echo of our own broadcast, within this is ignored. Expected: a number from 1 to 86400.
+DEDUP_WINDOW_S = 600.0
+# Commands one sender may send per window (admins, authenticated: 4 times that). Expected: an integer from 1 to 10000.
+RATE_LIMIT_COUNT = 5
+# The rate limit's window. Expected: a number from 1 to 86400.
+RATE_LIMIT_WINDOW_S = 60.0
+# Node ids allowed to run admin commands (/bc). Expected: a list of node ids like '!a1b2c3d4'.
+# e.g. ADMIN_NODES = ['!a1b2c3d4']
+ADMIN_NODES = ()
+# Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel). Expected: True or False.
+REQUIRE_PKI_FOR_ADMIN = True
+# Channel index /bc broadcasts on. Expected: an integer from 0 to 7.
+BROADCAST_CHANNEL = 0
+# Broadcasts fired on a timetable (local time of the host). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
+# e.g. SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]
+SCHEDULED_BROADCASTS = ()
+
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
 LOG_LEVEL = 'INFO'

@@ -14,11 +14,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from meshbot import __version__
 from meshbot.config import EX_CONFIG, ConfigError, Settings, load_settings
 from meshbot.logs import setup_logging
+
+if TYPE_CHECKING:
+    from meshbot.app import Bot
 
 log = logging.getLogger("meshbot")
 
@@ -45,8 +48,11 @@ def _load(args: argparse.Namespace) -> Settings:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setup_logging("INFO")
+    from meshbot.app import Bot
+
     try:
         settings = _load(args)
+        bot = Bot(settings)  # also checks what needs the commands (the schedule's)
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return EX_CONFIG
@@ -69,13 +75,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         run_demo(settings, args.demo_seconds, stop)
         return 0
-    return run_daemon(settings, stop)
+    return run_daemon(bot, stop)
 
 
-def run_daemon(settings: Settings, stop: threading.Event) -> int:
-    from meshbot.app import Bot
-
-    bot = Bot(settings)
+def run_daemon(bot: "Bot", stop: threading.Event) -> int:
     bot.start()
     while not stop.wait(1.0):
         problem = bot.health_problem()

@@ -1,13 +1,13 @@
 """The bot's commands: one module per command family, each listed here once.
 
 Adding a command: write `handlers/<family>.py` with functions marked `@command(...)`,
-then add the module to `MODULES`.
+then add the module to `MODULES`. The order here is the order /help lists them.
 """
 
 from __future__ import annotations
 
 import types
 
-from handlers import ping
+from handlers import broadcast, echo, help, ping, status
 
-MODULES: tuple[types.ModuleType, ...] = (ping,)
+MODULES: tuple[types.ModuleType, ...] = (echo, ping, help, status, broadcast)

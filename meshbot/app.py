@@ -12,10 +12,12 @@ import types
 from typing import Any, Optional, Sequence
 
 import handlers
-from meshbot.config import Settings
+from meshbot.config import ConfigError, Settings
+from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.link import InterfaceFactory, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
+from meshbot.scheduler import Scheduler
 from meshbot.sender import MessageSender
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,14 @@ class Bot:
         self.stats = BotStats()
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
         self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
-        self.sender = MessageSender(settings, self.link)
+        own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
+        self.sender = MessageSender(settings, self.link, own_broadcasts)
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats)
-        self.router = Router(self.services)
+        self.router = Router(self.services, own_broadcasts)
+        self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
+        for entry in settings.SCHEDULED_BROADCASTS:
+            if entry.command and self.registry.lookup(entry.command[1:].split(" ")[0].lower()) is None:
+                raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
 
     def _route(self, packet: dict) -> Any:
         return self.router.handle(packet)
@@ -56,6 +63,7 @@ class Bot:
         self.dispatcher.start()
         self.sender.start()
         self.link.start()
+        self.scheduler.start()
 
     def health_problem(self) -> Optional[str]:
         """Why the daemon is not working, if one of its own threads died (a bug)."""
@@ -65,12 +73,15 @@ class Bot:
             return "the outbox thread stopped"
         if not self.dispatcher.is_alive():
             return "a handler thread stopped"
+        if not self.scheduler.is_alive():
+            return "the scheduler thread stopped"
         return None
 
     def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
         """Stop taking commands, flush the outbox until the deadline, close the link."""
         started = time.monotonic()
         deadline = started + budget_s
+        self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
         # Leave the link a second to say goodbye to the node after the flush.
         self.sender.stop(deadline=deadline - 1.0)

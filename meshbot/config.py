@@ -42,10 +42,16 @@ class KeySpec:
     low: Optional[float] = None
     high: Optional[float] = None
     choices: tuple[str, ...] = ()
-    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+    # For structured values: turns the raw value into the canonical one, or raises
+    # ValueError with the expected form.
+    parse: Optional[Callable[[Any], Any]] = None
+    form: str = ""  # the expected form, when `parse` decides
+    example: str = ""  # an extra example line for config.example.py
 
     def expected(self) -> str:
         """The expected form, as the error message and the docs say it."""
+        if self.form:
+            return self.form
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         noun = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}.get(
@@ -56,6 +62,80 @@ class KeySpec:
         if self.low is not None:
             return f"{noun} >= {self.low:g}"
         return noun
+
+
+_NODE_ID_RE = re.compile(r"^![0-9a-f]{8}$")
+_HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+def parse_node_ids(value: Any) -> tuple[int, ...]:
+    """ADMIN_NODES: a list of node ids like '!a1b2c3d4' -> node numbers."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of node ids like '!a1b2c3d4', got {value!r}")
+    nums = []
+    for item in value:
+        if not isinstance(item, str) or not _NODE_ID_RE.match(item.lower()):
+            raise ValueError(f"{item!r} is not a node id: expected '!' and 8 hex digits, like '!a1b2c3d4'")
+        nums.append(int(item[1:], 16))
+    return tuple(nums)
+
+
+@dataclass(frozen=True)
+class ScheduledBroadcast:
+    """One SCHEDULED_BROADCASTS entry: a time of day or an interval, a text or a command."""
+
+    at: Optional[tuple[int, int]]  # local (hour, minute)
+    every_s: Optional[float]
+    text: Optional[str]
+    command: Optional[str]
+    channel: int
+
+    def describe(self) -> str:
+        when = f"at {self.at[0]:02d}:{self.at[1]:02d}" if self.at else f"every {self.every_s:g} s"
+        what = f"command {self.command}" if self.command else f"text {self.text!r}"
+        return f"{what} {when} on ch{self.channel}"
+
+
+_SCHEDULE_FORM = (
+    "a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'},"
+    " each with an optional 'channel' (0-7)"
+)
+
+
+def parse_schedule(value: Any) -> tuple[ScheduledBroadcast, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected {_SCHEDULE_FORM}")
+    entries = []
+    for index, entry in enumerate(value):
+        where = f"entry {index} ({entry!r})"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a dict, {_SCHEDULE_FORM}")
+        unknown = set(entry) - {"at", "every_s", "text", "command", "channel"}
+        if unknown:
+            raise ValueError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        if ("at" in entry) == ("every_s" in entry):
+            raise ValueError(f"{where}: expected exactly one of 'at' ('HH:MM') or 'every_s' (seconds)")
+        if ("text" in entry) == ("command" in entry):
+            raise ValueError(f"{where}: expected exactly one of 'text' or 'command'")
+        at = None
+        if "at" in entry:
+            match = _HHMM_RE.match(entry["at"]) if isinstance(entry["at"], str) else None
+            if not match:
+                raise ValueError(f"{where}: 'at' must be a local time 'HH:MM', like '07:30'")
+            at = (int(match.group(1)), int(match.group(2)))
+        every = entry.get("every_s")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or not 1 <= every <= 7 * 86400):
+            raise ValueError(f"{where}: 'every_s' must be a number of seconds from 1 to 604800")
+        text, command = entry.get("text"), entry.get("command")
+        if text is not None and (not isinstance(text, str) or not text.strip()):
+            raise ValueError(f"{where}: 'text' must be a non-empty string")
+        if command is not None and (not isinstance(command, str) or not command.startswith("/") or len(command) < 2):
+            raise ValueError(f"{where}: 'command' must be a command like '/weather'")
+        channel = entry.get("channel", 0)
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel <= 7:
+            raise ValueError(f"{where}: 'channel' must be a channel index from 0 to 7")
+        entries.append(ScheduledBroadcast(at, None if every is None else float(every), text, command, channel))
+    return tuple(entries)
 
 
 def _key(default: Any, kind: type, doc: str, **spec: Any) -> Any:
@@ -109,6 +189,34 @@ class Settings:
     INBOUND_QUEUE_MAX: int = _key(
         1000, int, "Packets waiting for a worker; past it new packets are dropped.", low=10, high=100000
     )
+    # --- commands --------------------------------------------------------------------
+    DEDUP_WINDOW_S: float = _key(
+        600.0, float, "A packet seen again (same sender and id), or an echo of our own broadcast, within this is ignored.", low=1, high=86400
+    )
+    RATE_LIMIT_COUNT: int = _key(
+        5, int, "Commands one sender may send per window (admins, authenticated: 4 times that).", low=1, high=10000
+    )
+    RATE_LIMIT_WINDOW_S: float = _key(60.0, float, "The rate limit's window.", low=1, high=86400)
+    ADMIN_NODES: tuple = _key(
+        (),
+        tuple,
+        "Node ids allowed to run admin commands (/bc).",
+        parse=parse_node_ids,
+        form="a list of node ids like '!a1b2c3d4'",
+        example="ADMIN_NODES = ['!a1b2c3d4']",
+    )
+    REQUIRE_PKI_FOR_ADMIN: bool = _key(
+        True, bool, "Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel)."
+    )
+    BROADCAST_CHANNEL: int = _key(0, int, "Channel index /bc broadcasts on.", low=0, high=7)
+    SCHEDULED_BROADCASTS: tuple = _key(
+        (),
+        tuple,
+        "Broadcasts fired on a timetable (local time of the host).",
+        parse=parse_schedule,
+        form=_SCHEDULE_FORM,
+        example="SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]",
+    )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
 
@@ -128,6 +236,11 @@ def _check_value(name: str, value: Any, spec: KeySpec) -> Any:
     def bad() -> ConfigError:
         return ConfigError(f"{name} = {value!r}: expected {spec.expected()}")
 
+    if spec.parse is not None:
+        try:
+            return spec.parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     if spec.kind is bool:
         if not isinstance(value, bool):
             raise bad()
@@ -149,10 +262,6 @@ def _check_value(name: str, value: Any, spec: KeySpec) -> Any:
         raise bad()
     if spec.high is not None and value > spec.high:
         raise bad()
-    if spec.check is not None:
-        problem = spec.check(value)
-        if problem:
-            raise ConfigError(f"{name} = {value!r}: {problem}")
     return value
 
 
@@ -218,6 +327,7 @@ _SECTIONS = {
     "NODE_HOST": "The node link",
     "MIN_TEXT_INTERVAL_S": "Sending",
     "HANDLER_THREADS": "Receiving",
+    "DEDUP_WINDOW_S": "Commands",
     "LOG_LEVEL": "Logging",
 }
 
@@ -232,6 +342,8 @@ def example_config_text() -> str:
         if name in _SECTIONS:
             lines += ["", f"# --- {_SECTIONS[name]} " + "-" * (70 - len(_SECTIONS[name]))]
         lines.append(f"# {spec.doc} Expected: {spec.expected()}.")
+        if spec.example:
+            lines.append(f"# e.g. {spec.example}")
         lines.append(f"{name} = {Settings.defaults()[name]!r}")
     return "\n".join(lines) + "\n"
 
@@ -241,5 +353,6 @@ def markdown_key_table() -> str:
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for name, spec in Settings.specs().items():
         default = Settings.defaults()[name]
-        rows.append(f"| `{name}` | `{default!r}` | {spec.doc} {spec.expected().capitalize()}. |")
+        expected = spec.expected()
+        rows.append(f"| `{name}` | `{default!r}` | {spec.doc} {expected[0].upper()}{expected[1:]}. |")
     return "\n".join(rows) + "\n"

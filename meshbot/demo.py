@@ -32,13 +32,16 @@ class Step:
 
 SCRIPT: tuple[Step, ...] = (
     Step(1.0, "ALIC", "/ping"),
-    Step(2.0, "BOB", "/ping", dm=True),
+    Step(2.0, "BOB", "/help", dm=True),
     Step(3.0, "CARL", "hello everyone, anyone on tonight?"),
-    Step(4.0, "ALIC", "/pong"),
-    Step(9.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
-    Step(9.5, "BOB", "/ping", channel=1),
-    Step(16.0, "", "the node goes silent with the socket open", event=lambda node: node.go_silent()),
-    Step(27.0, "CARL", "/ping", dm=True),
+    Step(4.0, "CARL", "/echo QSL from the hilltop, 73"),
+    Step(5.0, "ALIC", "/nodes"),
+    Step(6.0, "BOB", "/pong"),
+    Step(7.0, "ALIC", "/bc net starts at 20:00"),
+    Step(16.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
+    Step(16.5, "BOB", "/ping", channel=1),
+    Step(20.0, "", "the node goes silent with the socket open", event=lambda node: node.go_silent()),
+    Step(32.0, "CARL", "/status", dm=True),
 )
 
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from meshtastic.protobuf import portnums_pb2
 
 from meshbot.config import Settings
+from meshbot.dedup import RecentKeys
+from meshbot.ratelimit import Decision, RateLimiter
 
 if TYPE_CHECKING:
     from meshbot.link import NodeLink
@@ -125,16 +127,18 @@ class InboundText:
         )
 
 
+# Bidirectional overrides and isolates can flip how a reply reads on other screens.
+_BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
 def clean_args(text: str, limit: int = MAX_ARGS_CHARS) -> str:
-    """Remove control and format-breaking characters, collapse blanks, cap the length."""
+    """Remove control characters (NUL included) and bidi overrides, collapse blanks, cap the length."""
     kept = []
     for ch in text:
-        category = unicodedata.category(ch)
-        if category == "Cc":  # control characters, NUL included; tabs and newlines become spaces
-            if ch in "\t\n\r":
-                kept.append(" ")
-            continue
-        kept.append(ch)
+        if ch in "\t\n\r":
+            kept.append(" ")
+        elif unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS:
+            kept.append(ch)
     return " ".join("".join(kept).split())[:limit]
 
 
@@ -181,6 +185,7 @@ class CommandContext:
     message: InboundText
     sender_name: str
     is_dm: bool
+    is_admin: bool  # an admin node, authenticated as REQUIRE_PKI_FOR_ADMIN asks
     services: Services
 
     @property
@@ -189,10 +194,23 @@ class CommandContext:
 
 
 class Router:
-    """Decides what a received packet is and whom to answer. Runs on handler workers."""
+    """Decides what a received packet is and whom to answer. Runs on handler workers.
 
-    def __init__(self, services: Services) -> None:
+    In order: not a text, our own, or no leading `/`: ignored. Seen already (same sender
+    and packet id) or an echo of our own broadcast: ignored. Over the sender's rate
+    limit: one notice, then silence. Then the command runs, if it exists and the
+    sender may run it here.
+    """
+
+    ADMIN_BUDGET_FACTOR = 4
+
+    def __init__(self, services: Services, own_broadcasts: RecentKeys) -> None:
         self._services = services
+        settings = services.settings
+        self._seen = RecentKeys(settings.DEDUP_WINDOW_S)
+        self._own_broadcasts = own_broadcasts
+        self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
+        self._admins = frozenset(settings.ADMIN_NODES)
 
     def handle(self, packet: dict) -> None:
         message = InboundText.from_packet(packet)
@@ -204,30 +222,93 @@ class Router:
             return
         word, _, rest = message.text[1:].partition(" ")
         name = clean_args(word, 32).lower()
-        iface = services.sender.get_interface()
+        if not name:
+            return  # a lone "/" is not worth airtime
+        if message.id and not self._seen.add_if_new((message.sender, message.id)):
+            log.debug("ignored a repeat of packet %08x from !%08x", message.id, message.sender)
+            return
+        if message.text in self._own_broadcasts:
+            log.info("ignored our own broadcast echoed back by !%08x", message.sender)
+            return
         is_dm = own_num is not None and message.to == own_num
-        cmd = services.registry.lookup(name) if name else None
+        is_admin = self._authenticated_admin(message, is_dm)
+        verdict = self._limiter.check(
+            message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
+        )
+        if verdict.decision is Decision.SILENT:
+            return
+        if verdict.decision is Decision.NOTIFY:
+            log.info("rate limit: !%08x sent over %d commands", message.sender, services.settings.RATE_LIMIT_COUNT)
+            self._reply(message, is_dm, f"rate limit: wait {verdict.wait_s} s", f"/{name} (rate limited)")
+            return
+        cmd = services.registry.lookup(name)
         if cmd is None:
-            reply: Optional[str] = f"unknown command /{name}: send /help" if name else "send /help for commands"
-        else:
-            ctx = CommandContext(
-                command=cmd,
-                name_used=name,
-                args=clean_args(rest),
-                message=message,
-                sender_name=node_short_name(iface, message.sender),
-                is_dm=is_dm,
-                services=services,
+            shown = name if len(name) <= 16 else name[:15] + "…"
+            self._reply(message, is_dm, f"unknown command /{shown}: send /help", f"/{shown} (unknown)")
+            return
+        if cmd.admin and not is_admin:
+            log.warning(
+                "refused /%s from !%08x: %s", cmd.name, message.sender,
+                "not an admin node" if message.sender not in self._admins
+                else "admin commands need a PKI-encrypted DM" if services.settings.REQUIRE_PKI_FOR_ADMIN
+                else "admin commands need a DM",
             )
-            reply = self._run(ctx)
-            services.stats.count_command()
+            self._reply(message, is_dm, "not authorized", f"/{cmd.name} (refused)")
+            return
+        if not cmd.on_channel and not is_dm:
+            self._reply(message, is_dm, f"/{cmd.name} works by DM only", f"/{cmd.name} (DM only)")
+            return
+        ctx = CommandContext(
+            command=cmd,
+            name_used=name,
+            args=clean_args(rest),
+            message=message,
+            sender_name=node_short_name(services.sender.get_interface(), message.sender),
+            is_dm=is_dm,
+            is_admin=is_admin,
+            services=services,
+        )
+        reply = self._run(ctx)
+        services.stats.count_command()
+        self._reply(message, is_dm, reply, f"/{cmd.name}")
+
+    def run_scheduled(self, command_text: str, channel: int) -> int:
+        """Run a command for a scheduled broadcast, as the bot itself; broadcast its answer."""
+        services = self._services
+        word, _, rest = command_text[1:].partition(" ")
+        cmd = services.registry.lookup(word.lower())
+        if cmd is None:
+            raise KeyError(word)
+        own_num = services.link.status.node_num or 0
+        message = InboundText(0, own_num, BROADCAST_NUM, channel, command_text, 0.0, 0, 0, 0, False, False)
+        ctx = CommandContext(
+            command=cmd,
+            name_used=cmd.name,
+            args=clean_args(rest),
+            message=message,
+            sender_name=node_short_name(services.sender.get_interface(), own_num),
+            is_dm=False,
+            is_admin=True,  # the operator wrote the schedule
+            services=services,
+        )
+        reply = self._run(ctx)
+        return services.sender.send(reply, channel=channel) if reply else 0
+
+    def _authenticated_admin(self, message: InboundText, is_dm: bool) -> bool:
+        if message.sender not in self._admins or not is_dm:
+            return False  # on a channel, anyone with the key can claim any node id
+        return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
+
+    def _reply(self, message: InboundText, is_dm: bool, reply: Optional[str], what: str) -> None:
+        """Answer by DM to a DM, on the channel to a channel message, threaded to it."""
+        texts = 0
         if reply:
             to = message.sender if is_dm else BROADCAST_NUM
-            texts = services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
-            log.info(
-                "/%s from !%08x on %s: %d text%s",
-                name or "", message.sender, "DM" if is_dm else f"ch{message.channel}", texts, "" if texts == 1 else "s",
-            )
+            texts = self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+        log.info(
+            "%s from !%08x %s: %d text%s",
+            what, message.sender, "by DM" if is_dm else f"on ch{message.channel}", texts, "" if texts == 1 else "s",
+        )
 
     @staticmethod
     def _run(ctx: CommandContext) -> Optional[str]:

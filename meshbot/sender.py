@@ -30,6 +30,7 @@ from meshtastic.mesh_interface import MeshInterface
 from meshtastic.protobuf import mesh_pb2
 
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
+from meshbot.dedup import RecentKeys
 from meshbot.interface import LinkLost, TxQueueFull
 from meshbot.link import LinkStatus, NodeLink
 from meshbot.text import split_text, utf8_len
@@ -78,9 +79,11 @@ class OutboxStats:
 class MessageSender:
     """Owns the outbox and the one thread that drains it. Thread-safe `send()`."""
 
-    def __init__(self, settings: Settings, link: NodeLink) -> None:
+    def __init__(self, settings: Settings, link: NodeLink, own_broadcasts: Optional[RecentKeys] = None) -> None:
         self._settings = settings
         self._link = link
+        # Texts we broadcast, so that an echo of one is not taken for a command.
+        self._own_broadcasts = own_broadcasts
         self._cond = threading.Condition()
         self._queue: collections.deque[OutgoingText] = collections.deque()
         self._inflight_id: Optional[int] = None
@@ -276,6 +279,8 @@ class MessageSender:
     def _accepted(self, packet_id: int, item: OutgoingText) -> None:
         self._sent += 1
         self._last_accepted = (packet_id, item)
+        if item.to == BROADCAST_NUM and self._own_broadcasts is not None:
+            self._own_broadcasts.add(item.text)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
             self._recent_ids.popitem(last=False)

@@ -27,6 +27,7 @@ FAST = dict(
     MIN_TEXT_INTERVAL_S=0.0,
     PACE_BY_AIRTIME=False,
     CONTENTION_BACKOFF_S=1.0,
+    RATE_LIMIT_COUNT=1000,  # tests of the limit set their own
 )
 
 

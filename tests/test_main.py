@@ -132,11 +132,14 @@ def test_journal_format_carries_syslog_priorities(tmp_path):
 
 
 def test_demo_runs_the_script_against_the_simulated_node():
-    result = run_main("--demo", "--demo-seconds", "12", timeout=60)
+    result = run_main("--demo", "--demo-seconds", "19", timeout=60)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "ALIC  -> ch0   /ping" in out
     assert "BOT   -> ch0   pong" in out
-    assert "BOT   -> BOB   pong" in out  # the DM answered by DM
+    assert "BOT   -> BOB   commands: /echo /ping" in out  # a DM answered by DM
+    assert "BOT   -> ch0   CARL: QSL from the hilltop, 73" in out
     assert "unknown command /pong" in out
-    assert "link up after" in result.stderr  # the FIN in the script was survived
+    assert "BOT   -> ch0   not authorized" in out  # /bc from a non-admin
+    assert "BOT   -> ch1   pong" in out  # after the scripted FIN
+    assert "link up after" in result.stderr

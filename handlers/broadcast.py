@@ -1,0 +1,19 @@
+"""/bc: an admin broadcasts a text as is on BROADCAST_CHANNEL.
+
+The router lets only authenticated admins through (see REQUIRE_PKI_FOR_ADMIN).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from meshbot.router import BROADCAST_NUM, CommandContext, command
+
+
+@command("bc", aliases=("broadcast",), admin=True, help="/bc <text>: admins broadcast a text as is on the broadcast channel")
+def broadcast(ctx: CommandContext) -> Optional[str]:
+    if not ctx.args:
+        return "usage: /bc <text>"
+    channel = ctx.services.settings.BROADCAST_CHANNEL
+    texts = ctx.services.sender.send(ctx.args, to=BROADCAST_NUM, channel=channel)
+    return f"broadcast queued on ch{channel} ({texts} text{'' if texts == 1 else 's'})"

@@ -1,0 +1,25 @@
+"""/echo: say something on the channel, signed with the sender's short name.
+
+This is the command that, in the project this grew from, opened its own TCP connection
+for each broadcast and kicked the bot off the node. It goes through the shared sender.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from meshbot.router import BROADCAST_NUM, CommandContext, command
+
+
+@command("echo", help="/echo <text>: broadcasts '<you>: <text>' on this channel (ch0 from a DM)")
+def echo(ctx: CommandContext) -> Optional[str]:
+    if not ctx.args:
+        return "usage: /echo <text>"
+    channel = 0 if ctx.is_dm else ctx.channel
+    ctx.services.sender.send(
+        f"{ctx.sender_name}: {ctx.args}",
+        to=BROADCAST_NUM,
+        channel=channel,
+        reply_to=None if ctx.is_dm else ctx.message.id,
+    )
+    return None

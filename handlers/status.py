@@ -1,0 +1,74 @@
+"""/status and /nodes: what the bot and the mesh around it look like."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from meshbot.router import CommandContext, clean_args, command
+from meshbot.text import utf8_len
+
+
+def format_age(seconds: float) -> str:
+    """A short age: 45s, 12m, 3h, 5d."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@command("status", help="/status: uptime, link, texts sent/queued/dropped, commands served")
+def status(ctx: CommandContext) -> Optional[str]:
+    services = ctx.services
+    link = services.link.status
+    out = services.sender.stats()
+    uptime = format_age(time.monotonic() - services.stats.started_at)
+    reconnects = f"{link.reconnects} reconnect{'' if link.reconnects == 1 else 's'}"
+    return (
+        f"up {uptime}, link {link.state.value} ({reconnects}), texts sent {out.sent}, queued {out.queued}, "
+        f"dropped {out.dropped}, commands {services.stats.commands}"
+    )
+
+
+def _heard(node: dict[str, Any], now: float) -> str:
+    parts = [clean_args(node.get("user", {}).get("shortName") or f"{node['num'] & 0xFFFF:04x}", 8)]
+    parts.append(format_age(now - node["lastHeard"]))
+    hops = node.get("hopsAway")
+    if hops:
+        parts.append(f"{hops}hop")
+    elif node.get("snr") is not None:
+        parts.append(f"{node['snr']:.0f}dB")
+    return " ".join(parts)
+
+
+def node_pages(nodes: list[dict[str, Any]], budget: int, now: float) -> list[list[str]]:
+    """Entries packed into pages that each fit one text with their header."""
+    entries = [_heard(n, now) for n in sorted(nodes, key=lambda n: n["lastHeard"], reverse=True)]
+    header_room = len("nodes 99/99: ")
+    pages: list[list[str]] = [[]]
+    for entry in entries:
+        candidate = pages[-1] + [entry]
+        if pages[-1] and header_room + utf8_len(", ".join(candidate)) > budget:
+            pages.append([entry])
+        else:
+            pages[-1] = candidate
+    return pages
+
+
+@command("nodes", help="/nodes [page]: nodes heard most recently: name, last heard, SNR or hops")
+def nodes(ctx: CommandContext) -> Optional[str]:
+    page_arg = ctx.args.split(" ")[0] if ctx.args else "1"
+    if not page_arg.isdigit() or int(page_arg) < 1:
+        return "usage: /nodes [page], e.g. /nodes 2"
+    iface = ctx.services.sender.get_interface()
+    own = ctx.services.link.status.node_num
+    known = list((getattr(iface, "nodesByNum", None) or {}).values())
+    heard = [n for n in known if n.get("num") != own and n.get("lastHeard")]
+    if not heard:
+        return "no nodes heard yet"
+    pages = node_pages(heard, ctx.services.settings.MAX_TEXT_BYTES, time.time())
+    page = int(page_arg)
+    if page > len(pages):
+        return f"only {len(pages)} page{'' if len(pages) == 1 else 's'} of nodes"
+    return f"nodes {page}/{len(pages)}: " + ", ".join(pages[page - 1])
