@@ -44,6 +44,13 @@ _RATE_LIMITED = mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED
 # text; wait a little more than that before the next attempt.
 _RETRY_GAP_S = FIRMWARE_TEXT_INTERVAL_S * 1.1
 _RECENT_IDS = 64
+# Routing errors that mean the node itself would not transmit (EU duty cycle spent, a
+# payload it considers too large): worth a WARNING. Others are the mesh's business.
+_OPERATOR_ERRORS = {
+    mesh_pb2.Routing.Error.DUTY_CYCLE_LIMIT,
+    mesh_pb2.Routing.Error.TOO_LARGE,
+    mesh_pb2.Routing.Error.NO_CHANNEL,
+}
 
 
 def describe_destination(to: int, channel: int) -> str:
@@ -173,7 +180,13 @@ class MessageSender:
                     self._cond.notify_all()
                     return
             label = self._recent_ids.get(request_id)
-        if label is not None:
+        if label is None:
+            return
+        if reason in _OPERATOR_ERRORS:
+            # The node refused to put it on the air: the operator may need to act.
+            log.warning("the node could not send %s: %s", label, reason_name)
+        else:
+            # Delivery trouble on the mesh (a DM not acknowledged): the firmware retried already.
             log.info("node reports %s for %s", reason_name, label)
 
     # --- the outbox thread ---------------------------------------------------------------------
