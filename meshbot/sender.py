@@ -94,6 +94,7 @@ class MessageSender:
         self._cond = threading.Condition()
         self._queue: collections.deque[OutgoingText] = collections.deque()
         self._inflight_id: Optional[int] = None
+        self._inflight_label = ""
         self._inflight_res: Optional[int] = None
         self._inflight_rate_limited = False
         # The last accepted text, until the next is sent: a RATE_LIMIT_EXCEEDED naming it
@@ -180,6 +181,8 @@ class MessageSender:
                     self._cond.notify_all()
                     return
             label = self._recent_ids.get(request_id)
+            if label is None and request_id == self._inflight_id:
+                label = self._inflight_label  # its queueStatus is not processed yet
         if label is None:
             return
         if reason in _OPERATOR_ERRORS:
@@ -235,6 +238,7 @@ class MessageSender:
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         with self._cond:
             self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
+            self._inflight_label = item.label()
         try:
             iface.send_text_packet(
                 item.text,

@@ -144,6 +144,7 @@ class SimulatedNode:
         self._client: Optional[_Client] = None
         self._running = False
         self._reject_next: list[int] = []
+        self._routing_error_next: list[int] = []
         self._packet_ids = random.Random(4403)
         self._from_radio_id = 0
         self._threads: list[threading.Thread] = []
@@ -329,6 +330,10 @@ class SimulatedNode:
                 self._cond.notify_all()
             if self.on_text is not None:
                 self.on_text(sent)
+            with self._cond:
+                error = self._routing_error_next.pop(0) if self._routing_error_next else 0
+            if error:
+                self._send(client, self._routing_error(packet.id, error))
             return
         if not self.old_firmware:
             self._send(client, self._queue_status(packet.id, 0))
@@ -586,6 +591,11 @@ class SimulatedNode:
         client = self._client
         if client is not None:
             client.silent = True
+
+    def routing_error_next(self, error: int) -> None:
+        """The next accepted text is followed by a ROUTING_APP error naming it (e.g. DUTY_CYCLE_LIMIT)."""
+        with self._cond:
+            self._routing_error_next.append(error)
 
     def reject_next(self, count: int = 1, res: int = 32) -> None:
         """The next `count` texts get a queueStatus with this non-zero res."""

@@ -139,3 +139,16 @@ def test_get_interface_is_the_one_live_interface(node, start_bot):
     wait_until(lambda: bot.sender.get_interface() is not None, 5)
     assert bot.sender.get_interface() is not first
     assert node.counters.connections == 2
+
+
+def test_a_text_the_node_will_not_transmit_is_reported_as_a_warning(node, start_bot, caplog):
+    from meshtastic.protobuf import mesh_pb2
+
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot = start_bot(node)
+    node.routing_error_next(mesh_pb2.Routing.Error.DUTY_CYCLE_LIMIT)
+    bot.sender.send("over the duty cycle")
+    node.wait_texts(1, 5)
+    wait_until(lambda: "could not send text to ch0 'over the duty cycle': DUTY_CYCLE_LIMIT" in caplog.text, 5)
+    record = next(r for r in caplog.records if "DUTY_CYCLE_LIMIT" in r.getMessage())
+    assert record.levelno == logging.WARNING
