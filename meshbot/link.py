@@ -118,6 +118,15 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+@dataclass
+class _Outage:
+    """One period of the link being down: for "link up after 3.2 s, 2 attempts"."""
+
+    started: float
+    attempts: int = 0
+    last_report: Optional[float] = None  # when this outage was last logged
+
+
 class NodeLink:
     """Owns the interface and its reconnects. Start it once; stop it once."""
 
@@ -181,56 +190,62 @@ class NodeLink:
 
     # --- the owner thread ----------------------------------------------------------------
     def _run(self) -> None:
-        attempts = 0
-        down_since = time.monotonic()
-        last_report: Optional[float] = None  # when the down state was last logged
+        outage = _Outage(started=time.monotonic())
         while not self._stop.is_set():
-            attempts += 1
+            outage.attempts += 1
             self._set_state(LinkState.CONNECTING)
             try:
                 iface = self._open()
-            except Exception as exc:  # every failure is retried; bugs get a traceback
-                cause = describe_error(exc)
-                if not isinstance(exc, _EXPECTED_ERRORS):
-                    log.error("unexpected error connecting to %s", self.address, exc_info=True)
-                self._set_state(LinkState.DOWN, cause=cause)
-                now = time.monotonic()
-                if last_report is None:
-                    log.warning("cannot reach the node at %s: %s; retrying", self.address, cause)
-                    last_report = now
-                elif now - last_report >= _DOWN_REMINDER_S:
-                    log.warning(
-                        "link to %s still down after %s, %d attempts: %s",
-                        self.address, _format_duration(now - down_since), attempts, cause,
-                    )
-                    last_report = now
+            except Exception as exc:  # every failure is retried; a bug also gets a traceback
+                self._connect_failed(exc, outage)
                 self._sleep(self._backoff.next_delay())
                 continue
-
             up_at = time.monotonic()
-            self._backoff.reset()
-            self._iface = iface
-            self._set_state(LinkState.UP, iface=iface)
-            facts = f"{self._status.node_name}, {self._status.radio.name if self._status.radio else '?'}"
-            if attempts == 1 and self._status.reconnects == 0:
-                log.info("link up to %s in %.1f s (%s)", self.address, up_at - down_since, facts)
-            else:
-                log.info(
-                    "link up after %.1f s, %d attempt%s (%s)",
-                    up_at - down_since, attempts, "" if attempts == 1 else "s", facts,
-                )
-            attempts = 0
+            self._link_up(iface, outage, up_at)
             cause = self._supervise(iface)
             self._iface = None
             self._close(iface)
             if cause is None:  # stop() was called
                 break
-            down_since = last_report = time.monotonic()
-            self._status = replace(self._status, reconnects=self._status.reconnects + 1)
-            self._set_state(LinkState.DOWN, cause=cause)
-            log.warning("link to %s lost after %s up: %s", self.address, _format_duration(down_since - up_at), cause)
-            self._sleep(self._delay_after_loss(cause, down_since - up_at))
+            outage = _Outage(started=time.monotonic(), last_report=time.monotonic())
+            self._link_lost(cause, was_up_s=outage.started - up_at)
         self._set_state(LinkState.CLOSED)
+
+    def _connect_failed(self, exc: Exception, outage: "_Outage") -> None:
+        cause = describe_error(exc)
+        if not isinstance(exc, _EXPECTED_ERRORS):
+            log.error("unexpected error connecting to %s", self.address, exc_info=True)
+        self._set_state(LinkState.DOWN, cause=cause)
+        now = time.monotonic()
+        if outage.last_report is None:
+            log.warning("cannot reach the node at %s: %s; retrying", self.address, cause)
+            outage.last_report = now
+        elif now - outage.last_report >= _DOWN_REMINDER_S:
+            log.warning(
+                "link to %s still down after %s, %d attempts: %s",
+                self.address, _format_duration(now - outage.started), outage.attempts, cause,
+            )
+            outage.last_report = now
+
+    def _link_up(self, iface: Any, outage: "_Outage", up_at: float) -> None:
+        self._backoff.reset()
+        self._iface = iface
+        self._set_state(LinkState.UP, iface=iface)
+        status = self._status
+        facts = f"{status.node_name}, {status.radio.name if status.radio else '?'}"
+        if outage.attempts == 1 and status.reconnects == 0:
+            log.info("link up to %s in %.1f s (%s)", self.address, up_at - outage.started, facts)
+        else:
+            log.info(
+                "link up after %.1f s, %d attempt%s (%s)",
+                up_at - outage.started, outage.attempts, "" if outage.attempts == 1 else "s", facts,
+            )
+
+    def _link_lost(self, cause: str, was_up_s: float) -> None:
+        self._status = replace(self._status, reconnects=self._status.reconnects + 1)
+        self._set_state(LinkState.DOWN, cause=cause)
+        log.warning("link to %s lost after %s up: %s", self.address, _format_duration(was_up_s), cause)
+        self._sleep(self._delay_after_loss(cause, was_up_s))
 
     def _open(self) -> Any:
         """Connect and complete the handshake, or raise; never leaves a socket open on failure."""
