@@ -282,13 +282,17 @@ class MessageSender:
         """Under the lock: the node's res for the in-flight packet; None if the link died first."""
         if not iface.answers_queue_status:
             return 0  # old firmware: a successful write is all we will ever know
+        # The link's own timeout ends a silent node's link; this bound only covers a node
+        # that answers probes but not this packet, so that the outbox never stalls.
         give_up_at = time.monotonic() + self._settings.LINK_TIMEOUT_S
         while self._inflight_res is None and not self._inflight_rate_limited:
             if not iface.alive:
                 return None
-            now = time.monotonic()
-            if now >= give_up_at:
-                log.warning("no status from the node %.0f s after a text; assuming it was sent", now - give_up_at + self._settings.LINK_TIMEOUT_S)
+            if time.monotonic() >= give_up_at:
+                log.warning(
+                    "no status from the node %g s after %s; assuming it was sent",
+                    self._settings.LINK_TIMEOUT_S, self._inflight_label,
+                )
                 return 0
             self._cond.wait(0.25)
         return self._inflight_res if self._inflight_res is not None else 0
