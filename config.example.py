@@ -57,6 +57,21 @@ BROADCAST_CHANNEL = 0
 # e.g. SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]
 SCHEDULED_BROADCASTS = ()
 
+# --- Weather ---------------------------------------------------------------
+# Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.
+WEATHER_API_URL = 'https://api.open-meteo.com/v1/forecast'
+# Open-Meteo geocoding API that turns a place name into coordinates. Expected: an http:// or https:// URL.
+GEOCODING_API_URL = 'https://geocoding-api.open-meteo.com/v1/search'
+# Place /weather reports when the user names none (empty: /weather needs a place). Expected: a place name like 'Lyon', or 'lat,lon' in decimal degrees, like '45.76,4.84'.
+# e.g. DEFAULT_LOCATION = '45.76,4.84'
+DEFAULT_LOCATION = ''
+# Units /weather asks the API for: metric (°C, km/h, mm) or imperial (°F, mph, inch). Expected: one of 'metric', 'imperial'.
+UNITS = 'metric'
+# A weather answer is reused this long for the same place (within ~1 km) and kind. Expected: a number from 0 to 86400.
+WEATHER_CACHE_S = 600.0
+# Longest wait for one weather or geocoding request, its one retry included. Expected: a number from 0.1 to 60.
+WEATHER_TIMEOUT_S = 8.0
+
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
 LOG_LEVEL = 'INFO'

@@ -138,6 +138,55 @@ def parse_schedule(value: Any) -> tuple[ScheduledBroadcast, ...]:
     return tuple(entries)
 
 
+# "lat,lon" in decimal degrees, as users type it: "45.76,4.84", "-33.87, 151.21".
+_LAT_LON_RE = re.compile(r"^([-+]?\d{1,3}(?:\.\d+)?)\s*,\s*([-+]?\d{1,3}(?:\.\d+)?)$")
+LAT_LON_FORM = "'lat,lon' in decimal degrees, like '45.76,4.84'"
+
+
+def looks_like_lat_lon(text: str) -> bool:
+    """True if text is only digits, signs, dots, commas and blanks, with a comma.
+
+    Such a text cannot be a place name, so it must be valid coordinates: '45,76,4,84'
+    is an error, not a place to look up. A lone number stays a place (a postal code).
+    """
+    text = text.strip()
+    return "," in text and all(ch in "0123456789+-., " for ch in text)
+
+
+def parse_lat_lon(text: str) -> Optional[tuple[float, float]]:
+    """'45.76,4.84' -> (45.76, 4.84); None if text is not in that form.
+
+    Raises ValueError for coordinates in that form but out of range.
+    """
+    match = _LAT_LON_RE.match(text.strip())
+    if not match:
+        return None
+    lat, lon = float(match.group(1)), float(match.group(2))
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise ValueError(f"{text.strip()!r} is out of range: latitude -90..90, longitude -180..180")
+    return lat, lon
+
+
+_LOCATION_FORM = f"a place name like 'Lyon', or {LAT_LON_FORM}"
+
+
+def parse_location(value: Any) -> str:
+    """DEFAULT_LOCATION: a place name or coordinates; numeric-looking text must be valid 'lat,lon'."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected {_LOCATION_FORM}, got {value!r}")
+    text = " ".join(value.split())
+    if looks_like_lat_lon(text) and parse_lat_lon(text) is None:
+        raise ValueError(f"{value!r} is not {LAT_LON_FORM}")
+    return text
+
+
+def parse_http_url(value: Any) -> str:
+    """An API URL: http:// or https:// and a host (tests point these at 127.0.0.1)."""
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
 def _key(default: Any, kind: type, doc: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": KeySpec(kind=kind, doc=doc, **spec)})
 
@@ -216,6 +265,39 @@ class Settings:
         parse=parse_schedule,
         form=_SCHEDULE_FORM,
         example="SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]",
+    )
+    # --- weather ---------------------------------------------------------------------
+    WEATHER_API_URL: str = _key(
+        "https://api.open-meteo.com/v1/forecast",
+        str,
+        "Open-Meteo forecast API that /weather asks.",
+        parse=parse_http_url,
+        form="an http:// or https:// URL",
+    )
+    GEOCODING_API_URL: str = _key(
+        "https://geocoding-api.open-meteo.com/v1/search",
+        str,
+        "Open-Meteo geocoding API that turns a place name into coordinates.",
+        parse=parse_http_url,
+        form="an http:// or https:// URL",
+    )
+    DEFAULT_LOCATION: str = _key(
+        "",
+        str,
+        "Place /weather reports when the user names none (empty: /weather needs a place).",
+        parse=parse_location,
+        form=_LOCATION_FORM,
+        example="DEFAULT_LOCATION = '45.76,4.84'",
+    )
+    UNITS: str = _key(
+        "metric", str, "Units /weather asks the API for: metric (°C, km/h, mm) or imperial (°F, mph, inch).",
+        choices=("metric", "imperial"),
+    )
+    WEATHER_CACHE_S: float = _key(
+        600.0, float, "A weather answer is reused this long for the same place (within ~1 km) and kind.", low=0, high=86400
+    )
+    WEATHER_TIMEOUT_S: float = _key(
+        8.0, float, "Longest wait for one weather or geocoding request, its one retry included.", low=0.1, high=60
     )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
@@ -328,6 +410,7 @@ _SECTIONS = {
     "MIN_TEXT_INTERVAL_S": "Sending",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
+    "WEATHER_API_URL": "Weather",
     "LOG_LEVEL": "Logging",
 }
 
