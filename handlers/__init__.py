@@ -8,6 +8,6 @@ from __future__ import annotations
 
 import types
 
-from handlers import broadcast, echo, help, ping, status
+from handlers import broadcast, echo, help, ping, status, weather
 
-MODULES: tuple[types.ModuleType, ...] = (echo, ping, help, status, broadcast)
+MODULES: tuple[types.ModuleType, ...] = (echo, ping, help, status, weather, broadcast)

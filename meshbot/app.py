@@ -19,6 +19,7 @@ from meshbot.link import InterfaceFactory, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
 from meshbot.sender import MessageSender
+from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class Bot:
         self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
         self.sender = MessageSender(settings, self.link, own_broadcasts)
-        self.services = Services(settings, self.sender, self.link, self.registry, self.stats)
+        self.weather = WeatherClient(settings)
+        self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
         for entry in settings.SCHEDULED_BROADCASTS:
@@ -86,4 +88,5 @@ class Bot:
         # Leave the link a second to say goodbye to the node after the flush.
         self.sender.stop(deadline=deadline - 1.0)
         self.link.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self.weather.close()
         log.info("meshbot stopped in %.1f s", time.monotonic() - started)

@@ -26,6 +26,7 @@ from meshbot.ratelimit import Decision, RateLimiter
 if TYPE_CHECKING:
     from meshbot.link import NodeLink
     from meshbot.sender import MessageSender
+    from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class Services:
     link: "NodeLink"
     registry: CommandRegistry
     stats: BotStats
+    weather: Optional["WeatherClient"] = None
 
 
 @dataclass(frozen=True)
