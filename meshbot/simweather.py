@@ -32,7 +32,7 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
@@ -125,9 +125,9 @@ class _BadRequest(Exception):
 
 
 # Variables this fake knows, by section. Anything else is a 400, as on the real service.
-_CURRENT = {"temperature_2m", "weather_code", "wind_speed_10m", "wind_direction_10m", "precipitation"}
-_HOURLY = {"temperature_2m", "weather_code", "precipitation", "precipitation_probability"}
-_DAILY = {"weather_code", "temperature_2m_min", "temperature_2m_max", "precipitation_sum", "precipitation_probability_max"}
+_CURRENT = frozenset({"temperature_2m", "weather_code", "wind_speed_10m", "wind_direction_10m", "precipitation"})
+_HOURLY = frozenset({"temperature_2m", "weather_code", "precipitation", "precipitation_probability"})
+_DAILY = frozenset({"weather_code", "temperature_2m_min", "temperature_2m_max", "precipitation_sum", "precipitation_probability_max"})
 _TEMPERATURE = {"celsius": "°C", "fahrenheit": "°F"}
 _WIND = {"kmh": ("km/h", 1.0), "ms": ("m/s", 3.6), "mph": ("mp/h", 1.609344), "kn": ("kn", 1.852)}
 _PRECIPITATION = {"mm": ("mm", 1.0), "inch": ("inch", 25.4)}
@@ -486,7 +486,7 @@ def _choice(query: dict[str, str], name: str, default: str, choices: dict[str, A
     return value
 
 
-def _variables(query: dict[str, str], section: str, known: set[str]) -> list[str]:
+def _variables(query: dict[str, str], section: str, known: frozenset[str]) -> list[str]:
     names = [v for v in query.get(section, "").split(",") if v]
     for name in names:
         if name not in known:
