@@ -16,6 +16,7 @@ from typing import Callable, Optional, TextIO
 from meshbot.app import Bot
 from meshbot.config import Settings
 from meshbot.simnode import BROADCAST_NUM, SentText, SimulatedNode, SimUser
+from meshbot.simweather import FakeOpenMeteo
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,15 @@ SCRIPT: tuple[Step, ...] = (
     Step(2.0, "BOB", "/help", dm=True),
     Step(3.0, "CARL", "hello everyone, anyone on tonight?"),
     Step(4.0, "CARL", "/echo QSL from the hilltop, 73"),
-    Step(5.0, "ALIC", "/nodes"),
-    Step(6.0, "BOB", "/pong"),
-    Step(7.0, "ALIC", "/bc net starts at 20:00"),
-    Step(16.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
-    Step(16.5, "BOB", "/ping", channel=1),
-    Step(20.0, "", "the node goes silent with the socket open", event=lambda node: node.go_silent()),
-    Step(32.0, "CARL", "/status", dm=True),
+    Step(5.0, "ALIC", "/weather"),
+    Step(6.0, "BOB", "/forecast ALIC"),
+    Step(7.0, "ALIC", "/nodes"),
+    Step(8.0, "BOB", "/pong"),
+    Step(9.0, "ALIC", "/bc net starts at 20:00"),
+    Step(24.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
+    Step(24.5, "BOB", "/ping", channel=1),
+    Step(28.0, "", "the node goes silent with the socket open", event=lambda node: node.go_silent()),
+    Step(40.0, "CARL", "/status", dm=True),
 )
 
 
@@ -71,14 +74,15 @@ class Transcript:
 
 def run_demo(settings: Settings, seconds: float, stop: threading.Event, out: TextIO = sys.stdout) -> None:
     """Run the bot against a simulated node until `stop` is set or `seconds` pass (0: forever)."""
-    with SimulatedNode() as node:
+    with SimulatedNode() as node, FakeOpenMeteo() as weather_service:
         transcript = Transcript(node, out)
         node.on_text = transcript.bot_sent
-        demo_settings = _with_node(settings, node)
+        demo_settings = _with_simulators(settings, node, weather_service)
         bot = Bot(demo_settings)
         out.write(
             f"meshbot demo: simulated node {node.short_name} on 127.0.0.1:{node.port}, "
-            f"users {', '.join(u.short_name for u in node.users.values())}\n"
+            f"users {', '.join(u.short_name for u in node.users.values())}, "
+            f"fake Open-Meteo on {weather_service.url}\n"
         )
         bot.start()
         users = {u.short_name: u for u in node.users.values()}
@@ -110,6 +114,16 @@ def _play(node: SimulatedNode, users: dict[str, SimUser], transcript: Transcript
     transcript.line("demo", "-", "script done; the bot keeps running (Ctrl-C to stop)")
 
 
-def _with_node(settings: Settings, node: SimulatedNode) -> Settings:
-    # Short probe times so the silent-node fault is noticed within the demo.
-    return replace(settings, NODE_HOST=node.host, NODE_PORT=node.port, PROBE_INTERVAL_S=3.0, LINK_TIMEOUT_S=8.0)
+def _with_simulators(settings: Settings, node: SimulatedNode, weather: FakeOpenMeteo) -> Settings:
+    """The operator's settings, pointed at the simulators (nothing leaves 127.0.0.1)."""
+    return replace(
+        settings,
+        NODE_HOST=node.host,
+        NODE_PORT=node.port,
+        # Short probe times so the silent-node fault is noticed within the demo.
+        PROBE_INTERVAL_S=3.0,
+        LINK_TIMEOUT_S=8.0,
+        WEATHER_API_URL=weather.forecast_url,
+        GEOCODING_API_URL=weather.geocoding_url,
+        DEFAULT_LOCATION=settings.DEFAULT_LOCATION or "Lyon",
+    )

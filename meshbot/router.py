@@ -249,13 +249,14 @@ class Router:
             self._reply(message, is_dm, f"unknown command /{shown}: send /help", f"/{shown} (unknown)")
             return
         if cmd.admin and not is_admin:
-            log.warning(
-                "refused /%s from !%08x: %s", cmd.name, message.sender,
-                "not an admin node" if message.sender not in self._admins
-                else "admin commands need a PKI-encrypted DM" if services.settings.REQUIRE_PKI_FOR_ADMIN
-                else "admin commands need a DM",
-            )
-            self._reply(message, is_dm, "not authorized", f"/{cmd.name} (refused)")
+            if message.sender in self._admins:
+                # An admin's id without the authentication: a misconfigured app, or a forgery.
+                level = logging.WARNING
+                need = "a PKI-encrypted DM" if services.settings.REQUIRE_PKI_FOR_ADMIN else "a DM"
+                reason = f"admin commands need {need}"
+            else:
+                level, reason = logging.INFO, "not an admin node"
+            self._reply(message, is_dm, "not authorized", f"/{cmd.name} refused ({reason})", level)
             return
         if not cmd.on_channel and not is_dm:
             self._reply(message, is_dm, f"/{cmd.name} works by DM only", f"/{cmd.name} (DM only)")
@@ -301,13 +302,16 @@ class Router:
             return False  # on a channel, anyone with the key can claim any node id
         return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
 
-    def _reply(self, message: InboundText, is_dm: bool, reply: Optional[str], what: str) -> None:
-        """Answer by DM to a DM, on the channel to a channel message, threaded to it."""
+    def _reply(
+        self, message: InboundText, is_dm: bool, reply: Optional[str], what: str, level: int = logging.INFO
+    ) -> None:
+        """Answer by DM to a DM, on the channel to a channel message, threaded to it; log one line."""
         texts = 0
         if reply:
             to = message.sender if is_dm else BROADCAST_NUM
             texts = self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
-        log.info(
+        log.log(
+            level,
             "%s from !%08x %s: %d text%s",
             what, message.sender, "by DM" if is_dm else f"on ch{message.channel}", texts, "" if texts == 1 else "s",
         )

@@ -132,13 +132,15 @@ def test_journal_format_carries_syslog_priorities(tmp_path):
 
 
 def test_demo_runs_the_script_against_the_simulated_node():
-    result = run_main("--demo", "--demo-seconds", "19", timeout=60)
+    result = run_main("--demo", "--demo-seconds", "26", timeout=60)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "ALIC  -> ch0   /ping" in out
     assert "BOT   -> ch0   pong" in out
     assert "BOT   -> BOB   commands: /echo /ping" in out  # a DM answered by DM
     assert "BOT   -> ch0   CARL: QSL from the hilltop, 73" in out
+    assert "BOT   -> ch0   Lyon, FR: " in out  # /weather from the fake Open-Meteo
+    assert "BOT   -> ch0   ALIC 3d:" in out  # /forecast at a node's position
     assert "unknown command /pong" in out
     assert "BOT   -> ch0   not authorized" in out  # /bc from a non-admin
     assert "BOT   -> ch1   pong" in out  # after the scripted FIN
