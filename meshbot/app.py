@@ -51,7 +51,7 @@ class Bot:
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
         for entry in settings.SCHEDULED_BROADCASTS:
-            if entry.command and self.registry.lookup(entry.command[1:].split(" ")[0].lower()) is None:
+            if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
 
     def _route(self, packet: dict) -> Any:

@@ -275,13 +275,17 @@ class Router:
         services.stats.count_command()
         self._reply(message, is_dm, reply, f"/{cmd.name}")
 
+    def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
+        """The command a text like '/weather Lyon' names (or None), and its argument string."""
+        word, _, rest = command_text.lstrip("/").partition(" ")
+        return self._services.registry.lookup(word.lower()), rest
+
     def run_scheduled(self, command_text: str, channel: int) -> int:
         """Run a command for a scheduled broadcast, as the bot itself; broadcast its answer."""
         services = self._services
-        word, _, rest = command_text[1:].partition(" ")
-        cmd = services.registry.lookup(word.lower())
+        cmd, rest = self.lookup_text(command_text)
         if cmd is None:
-            raise KeyError(word)
+            raise KeyError(command_text)
         own_num = services.link.status.node_num or 0
         message = InboundText(0, own_num, BROADCAST_NUM, channel, command_text, 0.0, 0, 0, 0, False, False)
         ctx = CommandContext(

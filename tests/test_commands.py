@@ -230,3 +230,12 @@ def test_scheduled_broadcasts_fire_text_and_command(node, start_bot, caplog):
     assert ("beacon", 1) in [(t.text, t.channel) for t in texts]
     assert any(t.text.startswith("up ") and t.channel == 0 for t in texts)
     assert "scheduled broadcast #0 fired: text 'beacon' every 1 s on ch1, 1 text" in caplog.text
+
+
+def test_a_scheduled_command_that_does_not_exist_is_a_config_error(node):
+    from meshbot.app import Bot
+    from meshbot.config import ConfigError
+    from tests.conftest import settings_for
+
+    with pytest.raises(ConfigError, match="SCHEDULED_BROADCASTS: command /nosuch every 60 s on ch0: no such command"):
+        Bot(settings_for(node, SCHEDULED_BROADCASTS=[{"every_s": 60, "command": "/nosuch"}]))

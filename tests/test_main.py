@@ -39,6 +39,11 @@ def write_config(tmp_path: Path, body: str) -> Path:
         ("PACE_BY_AIRTIME = 1", "PACE_BY_AIRTIME", "True or False"),
         ("LOG_LEVEL = 'LOUD'", "LOG_LEVEL", "one of 'DEBUG'"),
         ("LINK_TIMEOUT_S = 10", "LINK_TIMEOUT_S", "> PROBE_INTERVAL_S"),
+        ("ADMIN_NODES = ['a1b2c3d4']", "ADMIN_NODES", "'!' and 8 hex digits"),
+        ("ADMIN_NODES = '!a1b2c3d4'", "ADMIN_NODES", "a list of node ids"),
+        ("SCHEDULED_BROADCASTS = [{'at': '25:00', 'text': 'x'}]", "SCHEDULED_BROADCASTS", "entry 0"),
+        ("SCHEDULED_BROADCASTS = [{'every_s': 60}]", "SCHEDULED_BROADCASTS", "exactly one of 'text' or 'command'"),
+        ("SCHEDULED_BROADCASTS = [{'every_s': 60, 'command': '/nosuch'}]", "SCHEDULED_BROADCASTS", "no such command"),
     ],
 )
 def test_bad_value_exits_78_with_one_line_naming_the_key(tmp_path, line, key, expected):
