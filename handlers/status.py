@@ -6,16 +6,7 @@ import time
 from typing import Any, Optional
 
 from meshbot.router import CommandContext, clean_args, command
-from meshbot.text import utf8_len
-
-
-def format_age(seconds: float) -> str:
-    """A short age: 45s, 12m, 3h, 5d."""
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+from meshbot.text import format_age, utf8_len
 
 
 @command("status", help="/status: uptime, link, texts sent/queued/dropped, commands served")

@@ -18,10 +18,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from handlers.status import format_age
 from meshbot.config import looks_like_lat_lon, parse_lat_lon
 from meshbot.router import CommandContext, clean_args, command
-from meshbot.text import ELLIPSIS, split_text, utf8_len
+from meshbot.text import ELLIPSIS, format_age, split_text, utf8_len
 from meshbot.weather import (
     BadAnswer,
     Current,

@@ -1,4 +1,4 @@
-"""Cutting replies into texts the firmware accepts: at most N bytes of UTF-8 each.
+"""Text for the air: cutting replies into texts the firmware accepts (at most N bytes of UTF-8), short ages.
 
 Limits are in bytes, not characters: an emoji is 4 bytes, a Cyrillic letter 2. A cut
 never falls inside a character, prefers a space, and avoids separating a base letter
@@ -96,3 +96,12 @@ def split_text(text: str, max_bytes: int, max_chunks: int) -> list[str]:
         pieces.append(last + ELLIPSIS)
     total = len(pieces)
     return [f"{piece} ({i}/{total})" for i, piece in enumerate(pieces, 1)]
+
+
+def format_age(seconds: float) -> str:
+    """A short age: 45s, 12m, 3h, 5d."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -43,6 +43,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 import meshbot
 from meshbot.config import Settings
+from meshbot.text import format_age
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +389,7 @@ class WeatherClient:
                 old = cache.any(key, self._clock())
             if isinstance(exc, WeatherError):
                 fallback = (
-                    f"answering with a copy {_age(self._clock() - old.stored_at)} old" if old is not None
+                    f"answering with a copy {format_age(self._clock() - old.stored_at)} old" if old is not None
                     else "no older copy to answer with"
                 )
                 log.warning("weather: GET %s failed: %s; %s", flight.url, exc, fallback)
@@ -488,14 +489,6 @@ def _reason(body: bytes) -> str:
     except (ValueError, AttributeError):
         return ""
     return f": {str(reason)[:120]}" if reason else ""
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 # --- parsing Open-Meteo's JSON -----------------------------------------------------------------------
