@@ -202,10 +202,21 @@ class _Cache:
 
 
 class _Flight:
-    """One fetch in progress; everyone asking for the same thing waits on `done`."""
+    """One fetch in progress and what it fetches; everyone asking for the same thing waits on `done`."""
 
-    def __init__(self) -> None:
-        self.url = ""  # set by the caller that starts it, before the fetch begins
+    def __init__(
+        self,
+        cache: _Cache,
+        key: tuple,
+        url: str,
+        params: dict[str, Any],
+        parse: Callable[[Any], Any],
+        ttl: Callable[[Any], float],
+        deadline: float,
+    ) -> None:
+        self.cache, self.key, self.base_url, self.params = cache, key, url, params
+        self.parse, self.ttl, self.deadline = parse, ttl, deadline
+        self.url = ""  # the full URL for the log, set by the caller that starts the fetch
         self.done = threading.Event()
         self.value: Any = None
         self.error: Optional[BaseException] = None
@@ -310,11 +321,11 @@ class WeatherClient:
             flight = self._flights.get(key)
             starting = flight is None
             if flight is None:
-                flight = _Flight()
+                flight = _Flight(cache, key, url, params, parse, ttl, now + self._timeout_s)
                 self._flights[key] = flight
         if starting:
             flight.url = _full_url(url, params)  # outside the lock: only misses pay for it
-            self._start_flight(cache, key, flight, url, params, parse, ttl, now + self._timeout_s)
+            self._start_flight(flight)
         try:
             value = self._wait(flight)
         except WeatherError:
@@ -325,28 +336,18 @@ class WeatherClient:
             return Report(old.value, self._clock() - old.stored_at, stale=True)
         return Report(value, 0.0)
 
-    def _start_flight(
-        self,
-        cache: _Cache,
-        key: tuple,
-        flight: _Flight,
-        url: str,
-        params: dict[str, Any],
-        parse: Callable[[Any], T],
-        ttl: Callable[[Any], float],
-        deadline: float,
-    ) -> None:
+    def _start_flight(self, flight: _Flight) -> None:
         thread = threading.Thread(
             target=self._run_flight,
-            args=(cache, key, flight, url, params, parse, ttl, deadline),
-            name=f"weather-{key[0]}",
+            args=(flight,),
+            name=f"weather-{flight.key[0]}",
             daemon=True,  # never delays the daemon's exit, whatever it waits on
         )
         try:
             thread.start()
         except RuntimeError as exc:  # "can't start new thread": fail this flight, not the key forever
             with self._lock:
-                self._flights.pop(key, None)
+                self._flights.pop(flight.key, None)
             flight.error = exc
             flight.done.set()
 
@@ -368,20 +369,11 @@ class WeatherClient:
             raise RuntimeError(f"weather fetch of {flight.url} failed") from error
         return flight.value
 
-    def _run_flight(
-        self,
-        cache: _Cache,
-        key: tuple,
-        flight: _Flight,
-        url: str,
-        params: dict[str, Any],
-        parse: Callable[[Any], T],
-        ttl: Callable[[Any], float],
-        deadline: float,
-    ) -> None:
+    def _run_flight(self, flight: _Flight) -> None:
         """On the fetch thread: fetch, parse, store, wake the waiters; log a failure once."""
+        cache, key = flight.cache, flight.key
         try:
-            value = self._fetch(url, params, parse, deadline)
+            value = self._fetch(flight.base_url, flight.params, flight.parse, flight.deadline)
         except BaseException as exc:  # handed to the waiters, who raise it on their threads
             flight.error = exc
             with self._lock:
@@ -396,7 +388,7 @@ class WeatherClient:
         else:
             flight.value = value
             with self._lock:
-                cache.put(key, value, self._clock(), ttl(value))
+                cache.put(key, value, self._clock(), flight.ttl(value))
                 self._flights.pop(key, None)
         finally:
             flight.done.set()
