@@ -239,3 +239,25 @@ def test_a_scheduled_command_that_does_not_exist_is_a_config_error(node):
 
     with pytest.raises(ConfigError, match="SCHEDULED_BROADCASTS: command /nosuch every 60 s on ch0: no such command"):
         Bot(settings_for(node, SCHEDULED_BROADCASTS=[{"every_s": 60, "command": "/nosuch"}]))
+
+
+def test_ping_reports_hops_and_mqtt(node, start_bot):
+    start_bot(node)
+    assert ask(node, BOB, "/ping", hops=2, snr=-3.25, rssi=-110)[0].text == "pong: SNR -3.2 dB, RSSI -110 dBm, 2 hops"
+    assert ask(node, CARL, "/ping", via_mqtt=True, hops=1)[0].text == "pong: via MQTT, 1 hop"
+
+
+def test_nodes_pages_fill_one_text_each(start_bot):
+    users = tuple(SimUser(0x3C000000 + i, f"N{i:02d}", hops_away=i % 3) for i in range(40))
+    with SimulatedNode(text_rate_limit_s=None, users=users) as crowd:
+        start_bot(crowd, MAX_TEXT_BYTES=120)
+        first = ask(crowd, users[0].num, "/nodes")[0].text
+        pages = int(first.split(":")[0].split("/")[1])
+        assert pages >= 3 and first.startswith(f"nodes 1/{pages}: ")
+        seen = []
+        for page in range(1, pages + 1):
+            text = ask(crowd, users[0].num, f"/nodes {page}")[0].text
+            assert len(text.encode()) <= 120 and text.startswith(f"nodes {page}/{pages}: ")
+            seen += [entry.split(" ")[0] for entry in text.split(": ", 1)[1].split(", ")]
+        assert sorted(seen) == sorted(u.short_name for u in users)  # every node once, none cut
+        assert ask(crowd, users[0].num, f"/nodes {pages + 1}")[0].text == f"only {pages} pages of nodes"
