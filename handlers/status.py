@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from meshbot.router import CommandContext, clean_args, command
+from meshbot.router import CommandContext, command, display_name
 from meshbot.text import format_age, utf8_len
 
 
@@ -23,7 +23,7 @@ def status(ctx: CommandContext) -> Optional[str]:
 
 
 def _heard(node: dict[str, Any], now: float) -> str:
-    parts = [clean_args(node.get("user", {}).get("shortName") or f"{node['num'] & 0xFFFF:04x}", 8)]
+    parts = [display_name(node, node["num"])]
     parts.append(format_age(now - node["lastHeard"]))
     hops = node.get("hopsAway")
     if hops:

@@ -17,6 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import portnums_pb2
 
 from meshbot.config import Settings
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BROADCAST_NUM = 0xFFFFFFFF
 MAX_ARGS_CHARS = 200
 _TEXT_PORT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
 
@@ -143,13 +143,16 @@ def clean_args(text: str, limit: int = MAX_ARGS_CHARS) -> str:
     return " ".join("".join(kept).split())[:limit]
 
 
+def display_name(node: Optional[dict], num: int) -> str:
+    """A node DB entry's short name, or the last 4 hex digits of its number when it has none."""
+    short = clean_args(((node or {}).get("user") or {}).get("shortName") or "", 8)
+    return short or f"{num & 0xFFFF:04x}"
+
+
 def node_short_name(iface: Any, num: int) -> str:
-    """The node's short name from the node DB, or the last 4 hex digits of its number."""
-    node = (getattr(iface, "nodesByNum", None) or {}).get(num) if iface is not None else None
-    short = (node or {}).get("user", {}).get("shortName")
-    if short:
-        return clean_args(short, 8) or f"{num & 0xFFFF:04x}"
-    return f"{num & 0xFFFF:04x}"
+    """The sender's name from the node DB (a node missing from it: its number's last digits)."""
+    nodes = (getattr(iface, "nodesByNum", None) or {}) if iface is not None else {}
+    return display_name(nodes.get(num), num)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
 from meshtastic.protobuf import mesh_pb2
 
@@ -37,7 +38,6 @@ from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)
 
-BROADCAST_NUM = 0xFFFFFFFF
 MAX_RESENDS = 3
 _RATE_LIMITED = mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED
 # After a rejection the firmware's 2 s text timer still runs from the last accepted

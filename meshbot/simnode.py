@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from google.protobuf.message import DecodeError
+from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import admin_pb2, channel_pb2, config_pb2, mesh_pb2, module_config_pb2, portnums_pb2
 
 log = logging.getLogger(__name__)
 
 START1, START2 = 0x94, 0xC3
 MAX_FRAME = 512
-BROADCAST_NUM = 0xFFFFFFFF
 NODELESS_NONCE = 69420
 NODES_ONLY_NONCE = 69421
 _SEEN_IDS = 20
