@@ -13,12 +13,14 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from meshbot import __version__
 from meshbot.config import EX_CONFIG, ConfigError, Settings, load_settings
 from meshbot.logs import setup_logging
+from meshbot.systemd import ServiceNotifier
 
 if TYPE_CHECKING:
     from meshbot.app import Bot
@@ -75,20 +77,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         run_demo(settings, args.demo_seconds, stop)
         return 0
-    return run_daemon(bot, stop)
+    return run_daemon(bot, stop, ServiceNotifier())
 
 
-def run_daemon(bot: "Bot", stop: threading.Event) -> int:
+def run_daemon(bot: "Bot", stop: threading.Event, notifier: ServiceNotifier) -> int:
+    """Supervise the bot: systemd's status line and watchdog, until a signal or a hung loop."""
     bot.start()
-    while not stop.wait(1.0):
+    notifier.ready(bot.status_line())
+    watchdog_every = notifier.watchdog_interval_s
+    tick = min(1.0, watchdog_every or 1.0)
+    next_watchdog = time.monotonic()
+    shown = ""
+    code = 0
+    while not stop.wait(tick):
         problem = bot.health_problem()
         if problem:
-            # A bug stopped one of the daemon's own loops: exit non-zero so systemd restarts us.
+            # A bug stopped or hung one of the daemon's own loops: stop feeding the
+            # watchdog and exit non-zero, so that systemd restarts meshbot.
             log.critical("fatal: %s; exiting so the service manager restarts meshbot", problem)
-            bot.stop()
-            return 1
+            shown = f"fatal: {problem}"
+            code = 1
+            break
+        if watchdog_every is not None and time.monotonic() >= next_watchdog:
+            notifier.watchdog()
+            next_watchdog = time.monotonic() + watchdog_every
+        line = bot.status_line()
+        if line != shown:
+            notifier.status(line)
+            shown = line
+    queued = bot.sender.stats().queued
+    notifier.stopping(f"stopping: {shown}" if code else f"stopping, {queued} text{'' if queued == 1 else 's'} to flush")
     bot.stop()
-    return 0
+    notifier.close()
+    return code
 
 
 if __name__ == "__main__":

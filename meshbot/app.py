@@ -15,10 +15,12 @@ import handlers
 from meshbot.config import ConfigError, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
-from meshbot.link import InterfaceFactory, NodeLink
+from meshbot.health import stall_limit_s
+from meshbot.link import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
 from meshbot.sender import MessageSender
+from meshbot.text import format_duration
 from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class Bot:
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
+        self.stall_limit_s = stall_limit_s(settings)
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
@@ -68,7 +71,7 @@ class Bot:
         self.scheduler.start()
 
     def health_problem(self) -> Optional[str]:
-        """Why the daemon is not working, if one of its own threads died (a bug)."""
+        """Why the daemon is not working, if one of its own loops died or hangs (a bug)."""
         if not self.link.is_alive():
             return "the link thread stopped"
         if not self.sender.is_alive():
@@ -77,7 +80,28 @@ class Bot:
             return "a handler thread stopped"
         if not self.scheduler.is_alive():
             return "the scheduler thread stopped"
+        now = time.monotonic()
+        for what, busy_for in (
+            ("the link thread", self.link.progress.busy_for(now)),
+            ("the outbox thread", self.sender.progress.busy_for(now)),
+            ("every handler thread", self.dispatcher.stuck_for(now)),
+            ("the scheduler thread", self.scheduler.progress.busy_for(now)),
+        ):
+            if busy_for > self.stall_limit_s:
+                return f"{what} has been stuck in one step for {busy_for:.0f} s"
         return None
+
+    def status_line(self) -> str:
+        """One line for `systemctl status meshbot` (systemd's STATUS=)."""
+        link = self.link.status
+        if link.state is LinkState.UP:
+            reconnects = f"{link.reconnects} reconnect{'' if link.reconnects == 1 else 's'}"
+            commands = f"{self.stats.commands} command{'' if self.stats.commands == 1 else 's'}"
+            return f"link up to {link.address} · {reconnects} · {commands}"
+        if not link.last_cause:
+            return f"connecting to {link.address}"  # the first attempt, not failed yet
+        down_for = format_duration(time.monotonic() - (link.down_since or link.since), decimals=0)
+        return f"link down {down_for}: {link.last_cause}"
 
     def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
         """Stop taking commands, flush the outbox until the deadline, close the link."""

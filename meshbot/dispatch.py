@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from meshbot.health import LoopProgress
+
 log = logging.getLogger(__name__)
 
 _FULL_REPORT_EVERY_S = 60.0
@@ -25,8 +27,10 @@ class InboundDispatcher:
     def __init__(self, handle: Callable[[dict], Any], workers: int, maxsize: int) -> None:
         self._handle = handle
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._progress = [LoopProgress() for _ in range(workers)]
         self._workers = [
-            threading.Thread(target=self._work, name=f"handler-{i + 1}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._work, args=(progress,), name=f"handler-{i + 1}", daemon=True)
+            for i, progress in enumerate(self._progress)
         ]
         self._dropped = 0
         self._last_full_report = 0.0
@@ -59,6 +63,14 @@ class InboundDispatcher:
     def is_alive(self) -> bool:
         return all(worker.is_alive() for worker in self._workers)
 
+    def stuck_for(self, now: float) -> float:
+        """How long every worker has been inside one packet (0 when one is free).
+
+        One handler hanging is a bug in that handler, and the other workers go on
+        serving; only when none is left does the daemon count as hung.
+        """
+        return min(progress.busy_for(now) for progress in self._progress)
+
     def start(self) -> None:
         for worker in self._workers:
             worker.start()
@@ -75,12 +87,13 @@ class InboundDispatcher:
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
 
-    def _work(self) -> None:
+    def _work(self, progress: LoopProgress) -> None:
         while True:
             packet = self._queue.get()
             if packet is None:
                 return
             try:
-                self._handle(packet)
+                with progress.step():
+                    self._handle(packet)
             except Exception:
                 log.exception("bug while handling a packet from %s", packet.get("fromId") or packet.get("from"))

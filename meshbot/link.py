@@ -24,7 +24,9 @@ from pubsub import pub
 
 from meshbot.airtime import RadioParams, radio_params
 from meshbot.config import Settings
+from meshbot.health import LoopProgress
 from meshbot.interface import LinkEvents, LinkLost, OptimizedTCPInterface, TxQueueFull
+from meshbot.text import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class LinkStatus:
     state: LinkState
     since: float  # monotonic time of the last state change
     address: str
+    down_since: Optional[float] = None  # when the link last stopped being up (None: it is up)
     reconnects: int = 0
     last_cause: str = ""
     node_num: Optional[int] = None
@@ -110,14 +113,6 @@ class Backoff:
         return self._rng.uniform(max(self.low, ceiling / 2), ceiling)
 
 
-def _format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 @dataclass
 class _Outage:
     """One period of the link being down: for "link up after 3.2 s, 2 attempts"."""
@@ -147,9 +142,11 @@ class NodeLink:
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._iface: Any = None
-        self._status = LinkStatus(LinkState.CONNECTING, time.monotonic(), self.address)
+        started = time.monotonic()
+        self._status = LinkStatus(LinkState.CONNECTING, started, self.address, down_since=started)
         self._thread = threading.Thread(target=self._run, name="link", daemon=True)
         self._quick_closes = 0
+        self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
 
@@ -195,7 +192,8 @@ class NodeLink:
             outage.attempts += 1
             self._set_state(LinkState.CONNECTING)
             try:
-                iface = self._open()
+                with self.progress.step():
+                    iface = self._open()
             except Exception as exc:  # every failure is retried; a bug also gets a traceback
                 self._connect_failed(exc, outage)
                 self._sleep(self._backoff.next_delay())
@@ -204,7 +202,8 @@ class NodeLink:
             self._link_up(iface, outage, up_at)
             cause = self._supervise(iface)
             self._iface = None
-            self._close(iface)
+            with self.progress.step():
+                self._close(iface)
             if cause is None:  # stop() was called
                 break
             outage = _Outage(started=time.monotonic(), last_report=time.monotonic())
@@ -223,7 +222,7 @@ class NodeLink:
         elif now - outage.last_report >= _DOWN_REMINDER_S:
             log.warning(
                 "link to %s still down after %s, %d attempts: %s",
-                self.address, _format_duration(now - outage.started), outage.attempts, cause,
+                self.address, format_duration(now - outage.started), outage.attempts, cause,
             )
             outage.last_report = now
 
@@ -244,7 +243,7 @@ class NodeLink:
     def _link_lost(self, cause: str, was_up_s: float) -> None:
         self._status = replace(self._status, reconnects=self._status.reconnects + 1)
         self._set_state(LinkState.DOWN, cause=cause)
-        log.warning("link to %s lost after %s up: %s", self.address, _format_duration(was_up_s), cause)
+        log.warning("link to %s lost after %s up: %s", self.address, format_duration(was_up_s), cause)
         self._sleep(self._delay_after_loss(cause, was_up_s))
 
     def _open(self) -> Any:
@@ -363,7 +362,9 @@ class NodeLink:
     # --- state ---------------------------------------------------------------------------
     def _set_state(self, state: LinkState, *, cause: str = "", iface: Any = None) -> None:
         with self._lock:
-            status = replace(self._status, state=state, since=time.monotonic())
+            now = time.monotonic()
+            down_since = None if state is LinkState.UP else (self._status.down_since or now)
+            status = replace(self._status, state=state, since=now, down_since=down_since)
             if cause:
                 status = replace(status, last_cause=cause)
             if iface is not None:

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from meshbot.config import ScheduledBroadcast
+from meshbot.health import LoopProgress
 
 if TYPE_CHECKING:
     from meshbot.router import Router
@@ -38,6 +39,7 @@ class Scheduler:
         self._sender = sender
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self.progress = LoopProgress()
 
     def start(self) -> None:
         if self._entries:
@@ -55,7 +57,8 @@ class Scheduler:
             index = min(range(len(due)), key=due.__getitem__)
             if self._stop.wait(max(0.0, due[index] - time.monotonic())):
                 return
-            self._fire(index, self._entries[index])
+            with self.progress.step():
+                self._fire(index, self._entries[index])
             due[index] = time.monotonic() + self._delay(self._entries[index])
 
     @staticmethod

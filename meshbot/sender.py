@@ -32,6 +32,7 @@ from meshtastic.protobuf import mesh_pb2
 
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
 from meshbot.dedup import RecentKeys
+from meshbot.health import LoopProgress
 from meshbot.interface import LinkLost, TxQueueFull
 from meshbot.link import LinkStatus, NodeLink
 from meshbot.text import split_text, utf8_len
@@ -106,6 +107,7 @@ class MessageSender:
         self._deadline = math.inf
         self._sent = self._dropped = self._resent = 0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self.progress = LoopProgress()
         link.add_observer(self)
 
     # --- public ----------------------------------------------------------------------------
@@ -201,7 +203,8 @@ class MessageSender:
                 return
             item, iface = picked
             try:
-                self._deliver(item, iface)
+                with self.progress.step():
+                    self._deliver(item, iface)
             except Exception:  # a bug here must not stop the outbox
                 log.exception("unexpected error sending %s", item.label())
                 with self._cond:

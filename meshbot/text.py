@@ -105,3 +105,12 @@ def format_age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def format_duration(seconds: float, decimals: int = 1) -> str:
+    """A duration for a log or status line: 3.2 s, 12 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.{decimals}f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
