@@ -1,7 +1,8 @@
-"""`OptimizedTCPInterface`: the library's TCPInterface with its traps removed.
+"""`OptimizedTCPInterface` and `OptimizedSerialInterface`: the library's transports with
+their traps removed.
 
-What meshtastic 2.7.11 does by itself, measured (see ../shared/MESHTASTIC-NOTES.md),
-and what this subclass does instead:
+What meshtastic 2.7.11 does by itself over TCP, measured (see ../shared/MESHTASTIC-NOTES.md),
+and what the TCP subclass does instead:
 
 * no connect timeout (a powered-off node blocks ~130 s) -> `CONNECT_TIMEOUT_S`;
 * one `recv(1)` system call per byte -> one `recv(4096)` feeding the library's reader;
@@ -15,21 +16,46 @@ and what this subclass does instead:
   the outbox decides about resends, with fresh ids;
 * a 300 s heartbeat timer -> none; `NodeLink` probes at `PROBE_INTERVAL_S`.
 
+And over a serial port (`SerialInterface`, measured on a pseudo-terminal pair):
+
+* it opens the device once with plain `open()` to clear HUPCL: no O_NOCTTY, so a daemon
+  that is a session leader (every systemd service) takes the device as its controlling
+  terminal, and unplugging it kills the daemon with SIGHUP (a "clean" signal for
+  systemd's Restart=on-failure: no restart) -> opened by pyserial only (O_NOCTTY,
+  O_NONBLOCK, so no wait for a carrier either), HUPCL cleared on that descriptor;
+* writes with pyserial's write_timeout=0, whose loop spins at 100 % CPU, forever, while
+  the device's buffer is full, then `tcdrain()`s without a bound -> a select() loop
+  bounded by `write_timeout_s`, no drain;
+* an unplugged device ends the reader with a WARNING and nothing reconnects -> reported
+  once to the link owner as "serial device gone (unplugged?)";
+* `close()` drains twice with 0.1 s sleeps -> unsent output is discarded when the link is
+  lost (a stuck device would otherwise hold `close()` for the driver's closing_wait, 30 s
+  for USB serial adapters), and the reader is woken at once.
+
 The interface reports what the link owner and the outbox need through `LinkEvents`,
 called on the library's reader thread: they must only record and return.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import select
 import socket
+import termios
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import meshtastic.util
+import serial
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import admin_pb2, mesh_pb2, portnums_pb2
+from meshtastic.serial_interface import SerialInterface
+from meshtastic.stream_interface import StreamInterface
 from meshtastic.tcp_interface import TCPInterface
 
 log = logging.getLogger(__name__)
@@ -41,6 +67,15 @@ _READ_POLL_S = 1.0
 # How long a send may wait for a free slot in the node's TX queue before giving up
 # (the text stays in the outbox and is tried again).
 TX_QUEUE_WAIT_S = 10.0
+# The node's serial API runs at 115200 baud (the library's and the firmware's setting).
+SERIAL_BAUD = 115200
+# A write the device has not taken after this long means it stopped reading: at 115200
+# baud the largest frame (516 bytes) takes 45 ms and a full 4 KB tty buffer 0.4 s.
+SERIAL_WRITE_TIMEOUT_S = 2.0
+# Least time between two writes to a serial device. The library sleeps 0.1 s after every
+# write "to give the TBeam a chance to work"; a gap keeps that protection for the device
+# without adding the sleep to a write that comes later anyway.
+_SERIAL_WRITE_GAP_S = 0.1
 _TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
 _ROUTING = portnums_pb2.PortNum.ROUTING_APP
 
@@ -51,6 +86,25 @@ class LinkLost(ConnectionError):
 
 class TxQueueFull(RuntimeError):
     """The node's TX queue stayed full; try again later."""
+
+
+class SerialPortNotFound(ConnectionError):
+    """SERIAL_PORT = 'auto' found no candidate device, or several; the message says which."""
+
+
+def find_serial_port() -> str:
+    """The one serial device that may be a Meshtastic node, for SERIAL_PORT = 'auto'.
+
+    Uses the library's finder (USB devices by vendor id). Asked again on every connect
+    attempt, so a node plugged in later is found. Never guesses between several devices:
+    the library's own answer to that is sys.exit(), which a daemon cannot take.
+    """
+    ports = meshtastic.util.findPorts(True)
+    if not ports:
+        raise SerialPortNotFound("no Meshtastic serial device found")
+    if len(ports) > 1:
+        raise SerialPortNotFound(f"several devices: {', '.join(ports)}; set SERIAL_PORT")
+    return ports[0]
 
 
 def _ignore(*_args: object) -> None:
@@ -85,6 +139,9 @@ class _HardenedStream:
         self._closing = False
         self._lost_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # What the last chunk read from the transport holds beyond what the library took.
+        self._rx_chunk = b""
+        self._rx_pos = 0
 
     # --- loss ------------------------------------------------------------------------
     def mark_lost(self, cause: str) -> None:
@@ -110,6 +167,29 @@ class _HardenedStream:
         super()._disconnected()  # type: ignore[misc]
 
     # --- receive -----------------------------------------------------------------------
+    def _readBytes(self, length: int) -> Optional[bytes]:
+        """Serve the library's byte-at-a-time reader from one chunk read per wake-up.
+
+        The library asks for one byte per call; reading the transport that way costs a
+        system call (and a select, for pyserial) per byte.
+        """
+        if self._rx_pos < len(self._rx_chunk):
+            start = self._rx_pos
+            self._rx_pos = start + length
+            return self._rx_chunk[start : self._rx_pos]
+        chunk = self._read_chunk()
+        if not chunk:
+            return chunk  # b"": nothing yet, the reader loops; None: the link is gone
+        self._rx_chunk, self._rx_pos = chunk, length
+        return chunk[:length]
+
+    def _read_chunk(self) -> Optional[bytes]:
+        """Whatever the transport has, after waiting at most _READ_POLL_S for it.
+
+        Returns b"" when nothing came, None when the link is gone (after mark_lost).
+        """
+        raise NotImplementedError
+
     def _handleFromRadio(self, fromRadioBytes: bytes) -> None:
         self.last_rx = time.monotonic()  # any frame from the node proves the link alive
         from_radio = mesh_pb2.FromRadio()
@@ -223,8 +303,6 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
         self._init_hardening(events, handshake_timeout_s=connect_timeout_s)
         self.connect_timeout_s = connect_timeout_s
         self.link_timeout_s = link_timeout_s
-        self._rx_chunk = b""
-        self._rx_pos = 0
         super().__init__(hostname, portNumber=portNumber, connectNow=connectNow, noNodes=noNodes)
 
     def myConnect(self) -> None:
@@ -271,11 +349,7 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
                 self.mark_lost(cause)
                 raise LinkLost(cause) from exc
 
-    def _readBytes(self, length: int) -> Optional[bytes]:
-        if self._rx_pos < len(self._rx_chunk):
-            start = self._rx_pos
-            self._rx_pos = start + length
-            return self._rx_chunk[start : self._rx_pos]
+    def _read_chunk(self) -> Optional[bytes]:
         sock = self.socket
         if sock is None:
             self._wantExit = True
@@ -290,5 +364,146 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
         if not chunk:
             self.mark_lost("node closed the connection")
             return None
-        self._rx_chunk, self._rx_pos = chunk, length
-        return chunk[:length]
+        return chunk
+
+
+class OptimizedSerialInterface(_HardenedStream, SerialInterface):
+    """SerialInterface with a bounded open and writes, buffered reads and no silent failure.
+
+    `devPath` is the device itself: resolve SERIAL_PORT = 'auto' with find_serial_port()
+    first (the library's constructor would otherwise search, print, and on several
+    devices call sys.exit()).
+    """
+
+    def __init__(
+        self,
+        devPath: str,
+        *,
+        events: Optional[LinkEvents] = None,
+        connect_timeout_s: float = 10.0,
+        write_timeout_s: float = SERIAL_WRITE_TIMEOUT_S,
+        connectNow: bool = True,
+        noNodes: bool = False,
+    ) -> None:
+        self._init_hardening(events, handshake_timeout_s=connect_timeout_s)
+        self.write_timeout_s = write_timeout_s
+        self._last_write_at = 0.0
+        super().__init__(devPath, connectNow=connectNow, noNodes=noNodes)
+
+    def connect(self) -> None:
+        """Open the device, then the library's wake bytes, reader and handshake (bounded)."""
+        path = self.devPath
+        # O_NOCTTY and O_NONBLOCK (pyserial's open): never our controlling terminal, never
+        # a wait for a carrier. The exclusive lock keeps the CLI or a second bot off the
+        # port instead of two programs reading halves of each other's frames. Our writes
+        # go through _write_all(); write_timeout only bounds any pyserial write.
+        stream = serial.Serial(path, SERIAL_BAUD, exclusive=True, timeout=_READ_POLL_S, write_timeout=self.write_timeout_s)
+        try:
+            # HUPCL cleared, as the library does: closing the port then does not drop
+            # DTR/RTS, which resets some boards (pyserial issue 124), so a reconnect does
+            # not reboot the node. The library clears it through a second, plain open()
+            # of the device (see the module docstring); this descriptor does as well.
+            attrs = termios.tcgetattr(stream.fd)
+            attrs[2] &= ~termios.HUPCL
+            termios.tcsetattr(stream.fd, termios.TCSANOW, attrs)
+        except termios.error as exc:
+            stream.close()
+            raise serial.SerialException(f"could not configure {path}: {exc}") from exc
+        self.stream = stream
+        StreamInterface.connect(self)  # not SerialInterface.connect: it would open the device again
+
+    def close(self) -> None:
+        """An intended close: tell the node we are leaving, wake the reader, close the port."""
+        if self.stream is not None and self.alive and self.isConnected.is_set():
+            try:
+                self._sendToRadioImpl(mesh_pb2.ToRadio(disconnect=True))
+            except (OSError, LinkLost):
+                pass
+        self._closing = True
+        self._wantExit = True
+        with self._write_lock:  # the reader closes the stream under this lock
+            if self.stream is not None:
+                with contextlib.suppress(Exception):
+                    self.stream.cancel_read()  # the reader's select() returns now, not in 1 s
+        # Not SerialInterface.close(): its two tcdrain() calls have no bound.
+        StreamInterface.close(self)
+
+    def _disconnected(self) -> None:
+        # The reader is exiting; it closes the stream. Under the write lock, so that no
+        # writer or close() uses a descriptor that is being closed (and may be reused).
+        with self._write_lock:
+            if self.stream is not None and self.lost_cause is not None:
+                # Unsent output of a device that stopped reading would hold close() for
+                # the driver's closing_wait (30 s for USB serial adapters): discard it.
+                with contextlib.suppress(Exception):
+                    self.stream.reset_output_buffer()
+            super()._disconnected()
+
+    def _writeBytes(self, b: bytes) -> None:
+        """Write all of b within write_timeout_s, at least _SERIAL_WRITE_GAP_S after the last write."""
+        with self._write_lock:
+            stream = self.stream
+            if self._closing:
+                return
+            if stream is None or not stream.is_open:
+                raise LinkLost(self.lost_cause or "not connected")
+            gap = self._last_write_at + _SERIAL_WRITE_GAP_S - time.monotonic()
+            if gap > 0:
+                time.sleep(gap)
+            try:
+                self._write_all(stream.fd, b)
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):
+                    cause = str(exc)
+                elif _device_gone(exc):
+                    cause = "serial device gone (unplugged?)"
+                else:
+                    cause = f"serial write failed: {exc.strerror or exc}"
+                self.mark_lost(cause)
+                raise LinkLost(cause) from exc
+            finally:
+                self._last_write_at = time.monotonic()
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """os.write until done, waiting in select(): pyserial's own bounded write spins
+        on a full buffer, and its unbounded one (the library's) spins forever."""
+        deadline = time.monotonic() + self.write_timeout_s
+        view = memoryview(data)
+        while view:
+            left = deadline - time.monotonic()
+            _, writable, _ = select.select([], [fd], [], max(0.0, left))
+            if not writable:
+                raise TimeoutError(f"serial write timed out after {self.write_timeout_s:g} s (device not reading)")
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            view = view[written:]
+
+    def _read_chunk(self) -> Optional[bytes]:
+        stream = self.stream
+        if stream is None:
+            self._wantExit = True
+            return None
+        try:
+            # pyserial waits (select, at most _READ_POLL_S) for the first byte; close()
+            # wakes it with cancel_read(). Then whatever else already arrived.
+            chunk = stream.read(1)
+            waiting = stream.in_waiting if chunk else 0
+            if waiting:
+                chunk += stream.read(min(waiting, _READ_CHUNK))
+        except (serial.SerialException, OSError) as exc:
+            # An unplugged device reads as "ready but no data" (pyserial raises), or EIO.
+            self._wantExit = True  # even when close() is under way and mark_lost ignores it
+            self.mark_lost("serial device gone (unplugged?)" if _device_gone(exc) else f"serial read failed: {exc}")
+            return None
+        return chunk
+
+
+def _device_gone(exc: BaseException) -> bool:
+    """True for the errors a vanished device gives: EIO, ENODEV, ENXIO, or pyserial's
+    "device reports readiness to read but returned no data" (its read() after a hang-up)."""
+    if getattr(exc, "errno", None) in (errno.EIO, errno.ENODEV, errno.ENXIO):
+        return True
+    text = str(exc)
+    return "returned no data" in text or "Input/output error" in text
