@@ -1,8 +1,9 @@
 """A simulated Meshtastic node on 127.0.0.1, for tests, benchmarks and `--demo`.
 
 It speaks the node's real stream protocol (0x94 0xC3, 16-bit length, protobuf) with the
-real `ToRadio`/`FromRadio` messages, and reproduces what the firmware does that the
-bot must survive:
+real `ToRadio`/`FromRadio` messages, over TCP or over a serial line (a pseudo-terminal
+pair standing in for the USB cable, see `attach_serial()`), and reproduces what the
+firmware does that the bot must survive:
 
 * the config handshake: my_info, metadata, own node_info, 8 channels, config and
   module config, the other node_infos, config_complete_id (nonce 69420: no nodes);
@@ -13,20 +14,29 @@ bot must survive:
   packets are ignored silently;
 * simulated mesh users sending texts on channels or by DM;
 * fault switches: drop (FIN or RST), stop listening for a while, go silent with the
-  socket open, reject the next packets.
+  socket open, reject the next packets; over serial, unplug and plug back the device,
+  or stop reading it.
+
+One client is served at a time, whichever transport it came by.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import logging
+import os
 import random
+import select
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
+import tty
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 from google.protobuf.message import DecodeError
 from meshtastic import BROADCAST_NUM
@@ -40,6 +50,11 @@ NODELESS_NONCE = 69420
 NODES_ONLY_NONCE = 69421
 _SEEN_IDS = 20
 _TX_QUEUE = 16
+_READ_CHUNK = 4096
+# How long a write to the serial device may wait for the bot to read before it fails.
+_SEND_TIMEOUT_S = 2.0
+# While no program has the serial device open, the node's end reads EIO at once: poll.
+_NO_READER_POLL_S = 0.01
 _TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
 
 
@@ -86,11 +101,164 @@ DEFAULT_USERS = (
 )
 
 
-class _Client:
-    """One accepted connection."""
+class _Transport(Protocol):
+    """The byte stream one client speaks over: a TCP socket or the node's end of a serial line."""
 
-    def __init__(self, sock: socket.socket, number: int) -> None:
+    def recv(self) -> bytes:
+        """Block for bytes from the client; b"" once it is gone."""
+        ...
+
+    def send(self, data: bytes) -> None:
+        """Write all of data, or raise OSError."""
+        ...
+
+    def close(self, *, rst: bool) -> None:
+        """The node ends this client's session."""
+        ...
+
+
+class _SocketTransport:
+    """An accepted TCP connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+
+    def recv(self) -> bytes:
+        try:
+            return self.sock.recv(_READ_CHUNK)
+        except OSError:
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self, *, rst: bool) -> None:
+        try:
+            if rst:
+                # Linger 0 turns close() into a reset. The serving thread's blocked recv()
+                # would defer the close until it returns: SHUT_RD wakes it without sending.
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.sock.shutdown(socket.SHUT_RD)
+            else:
+                self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _SerialPort:
+    """One plugged-in serial device: a pty pair whose master is the node's end of the cable.
+
+    The slave is what the bot opens (through a stable symlink, like /dev/serial/by-id/...).
+    Only the serving thread reads the master and closes it, so that no other thread ever
+    uses a descriptor number that has been closed and reused; others write under `lock`.
+    """
+
+    def __init__(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no line editing: a byte stream, as a USB serial port
+        self.device = os.ttyname(slave)
+        # The bot opens the slave itself. With nobody on the slave side the master reads
+        # EIO, which is how the node's end tells that the bot closed the device.
+        os.close(slave)
+        os.set_blocking(master, False)
+        self.master = master
+        self.lock = threading.Lock()
+        self.closed = False
+        self.unplugged = False
+        self.stalled = False  # the node stopped reading: the bot's writes fill the buffers
+        self._wake_r, self._wake_w = os.pipe()
+        self.thread: Optional[threading.Thread] = None
+
+    def recv(self, *, until_opened: bool) -> Optional[bytes]:
+        """Bytes the bot wrote. b"" when the bot has the device closed, unless
+        `until_opened` (then wait for it to open it and write); None once unplugged."""
+        while not self.unplugged:
+            watched = [self._wake_r] if self.stalled else [self.master, self._wake_r]
+            ready, _, _ = select.select(watched, [], [])
+            if self.unplugged:
+                break
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+                continue
+            try:
+                data = os.read(self.master, _READ_CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                if not until_opened:
+                    return b""
+                select.select([self._wake_r], [], [], _NO_READER_POLL_S)
+                continue
+            if data:
+                return data
+        return None
+
+    def send(self, data: bytes) -> None:
+        with self.lock:
+            if self.closed:
+                raise OSError(errno.EIO, "serial device unplugged")
+            deadline = time.monotonic() + _SEND_TIMEOUT_S
+            view = memoryview(data)
+            while view:
+                _, writable, _ = select.select([], [self.master], [], max(0.0, deadline - time.monotonic()))
+                if not writable:
+                    raise TimeoutError("the bot is not reading the serial device")
+                try:
+                    view = view[os.write(self.master, view) :]
+                except BlockingIOError:
+                    continue
+
+    def unplug(self) -> None:
+        """Ask the serving thread to close the node's end; the bot's next read then fails."""
+        with self.lock:
+            self.unplugged = True
+            self._wake()
+
+    def stall(self) -> None:
+        with self.lock:
+            self.stalled = True
+            self._wake()
+
+    def _wake(self) -> None:
+        """Make the serving thread look at the flags again (under `lock`)."""
+        if not self.closed:
+            os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        """Called by the serving thread only, when it is done with the master."""
+        with self.lock:
+            self.closed = True
+            os.close(self.master)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+
+class _SerialSession:
+    """One client over serial: from the bot opening the device to its closing it (or unplug)."""
+
+    def __init__(self, port: _SerialPort) -> None:
+        self.port = port
+
+    def recv(self) -> bytes:
+        return self.port.recv(until_opened=False) or b""
+
+    def send(self, data: bytes) -> None:
+        self.port.send(data)
+
+    def close(self, *, rst: bool) -> None:
+        # A node cannot close a serial line: it just stops serving this session (its
+        # serving thread returns when the bot closes the device). `drop()` unplugs instead.
+        pass
+
+
+class _Client:
+    """One client session: an accepted TCP connection, or one open of the serial device."""
+
+    def __init__(self, transport: _Transport, number: int) -> None:
+        self.transport = transport
         self.number = number
         self.write_lock = threading.Lock()
         self.seen_ids: collections.deque[int] = collections.deque(maxlen=_SEEN_IDS)
@@ -113,7 +281,8 @@ class NodeCounters:
 
 
 class SimulatedNode:
-    """The node's TCP API, in a thread of this process. Use start()/stop() or `with`."""
+    """The node's TCP API (and its serial API after `attach_serial()`), in threads of this
+    process. Use start()/stop() or `with`."""
 
     def __init__(
         self,
@@ -148,6 +317,9 @@ class SimulatedNode:
         self._packet_ids = random.Random(4403)
         self._from_radio_id = 0
         self._threads: list[threading.Thread] = []
+        self._serial_port: Optional[_SerialPort] = None
+        self._serial_dir: Optional[str] = None
+        self.serial_path: Optional[str] = None  # the stable device path, once attach_serial() ran
         self.listening_since: Optional[float] = None  # monotonic; None while not listening
         self.handshake_at: Optional[float] = None  # when the last config handshake was sent
 
@@ -167,10 +339,14 @@ class SimulatedNode:
     def stop(self) -> None:
         self._running = False
         self._close_listener()
+        self.unplug()
         with self._cond:
             client = self._client
         if client:
             self._close_client(client, rst=False)
+        if self._serial_dir is not None:
+            shutil.rmtree(self._serial_dir, ignore_errors=True)
+            self._serial_dir = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -208,36 +384,39 @@ class SimulatedNode:
             except OSError:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._cond:
-                previous = self._client
-                self.counters.connections += 1
-                client = _Client(sock, self.counters.connections)
-                self._client = client
-                self._cond.notify_all()
-            if previous is not None:
-                # The firmware's one-client rule: "Force close previous TCP connection".
-                self._close_client(previous, rst=False)
+            client = self._new_client(_SocketTransport(sock))
             self._spawn(self._serve, client, name=f"sim-client-{client.number}")
 
+    def _new_client(self, transport: _Transport) -> _Client:
+        """Make this the one client; the previous one is closed."""
+        with self._cond:
+            previous = self._client
+            self.counters.connections += 1
+            client = _Client(transport, self.counters.connections)
+            self._client = client
+            self._cond.notify_all()
+        if previous is not None:
+            # The firmware's one-client rule: "Force close previous TCP connection".
+            self._close_client(previous, rst=False)
+        return client
+
     # --- the protocol -------------------------------------------------------------------------
-    def _serve(self, client: _Client) -> None:
+    def _serve(self, client: _Client, first: bytes = b"") -> None:
+        """Parse and answer one client's frames until it is gone (either transport)."""
         buf = bytearray()
+        data = first
         try:
             while not client.closed:
-                try:
-                    data = client.sock.recv(4096)
-                except OSError:
-                    break
+                if data and not client.silent:  # silent: a hung node reads and does nothing
+                    buf += data
+                    while True:
+                        payload = self._next_frame(buf)
+                        if payload is None:
+                            break
+                        self._handle(client, payload)
+                data = client.transport.recv()
                 if not data:
                     break
-                if client.silent:
-                    continue  # a hung node: the socket stays open, nothing is processed
-                buf += data
-                while True:
-                    payload = self._next_frame(buf)
-                    if payload is None:
-                        break
-                    self._handle(client, payload)
         finally:
             self._close_client(client, rst=False)
 
@@ -454,7 +633,7 @@ class SimulatedNode:
             return False
         with client.write_lock:
             try:
-                client.sock.sendall(data)
+                client.transport.send(data)
                 return True
             except OSError:
                 return False
@@ -467,17 +646,60 @@ class SimulatedNode:
             if self._client is client:
                 self._client = None
             self._cond.notify_all()
+        client.transport.close(rst=rst)
+
+    # --- the serial line ------------------------------------------------------------------------
+    def attach_serial(self, *, plugged: bool = True) -> str:
+        """Serve the protocol on a serial device too; return its stable path.
+
+        The path is a symlink in a temporary directory (as /dev/serial/by-id/... names a
+        USB device whatever /dev/ttyUSBn it gets), re-pointed to a new pseudo-terminal
+        by every `plug_back()`. `plugged=False`: the device appears only at `plug_back()`.
+        """
+        if self.serial_path is None:
+            self._serial_dir = tempfile.mkdtemp(prefix="meshbot-sim-")
+            self.serial_path = os.path.join(self._serial_dir, "usb-Meshtastic_simulated_node-if00")
+        if plugged:
+            self.plug_back()
+        return self.serial_path
+
+    def plug_back(self) -> None:
+        """Plug the device in (again): a new pty pair, behind the same path."""
+        if self.serial_path is None:
+            raise RuntimeError("attach_serial() first")
+        self.unplug()
+        port = _SerialPort()
+        staged = self.serial_path + ".new"
+        os.symlink(port.device, staged)
+        os.replace(staged, self.serial_path)  # atomic: the path never names a dead device
+        self._serial_port = port
+        port.thread = threading.Thread(target=self._serve_serial, args=(port,), name="sim-serial", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(port.thread)
+        port.thread.start()
+
+    def unplug(self) -> None:
+        """Yank the USB cable: the device path vanishes and the bot's reads and writes fail."""
+        port, self._serial_port = self._serial_port, None
+        if port is None:
+            return
+        if self.serial_path is not None and os.path.islink(self.serial_path):
+            os.unlink(self.serial_path)
+        port.unplug()
+        # The serving thread closes the node's end; once it has, the bot's side is hung up.
+        if port.thread is not None and port.thread is not threading.current_thread():
+            port.thread.join(5.0)
+
+    def _serve_serial(self, port: _SerialPort) -> None:
+        """One session per open of the device by the bot, until unplugged."""
         try:
-            if rst:
-                # Linger 0 turns close() into a reset. The serving thread's blocked recv()
-                # would defer the close until it returns: SHUT_RD wakes it without sending.
-                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.sock.shutdown(socket.SHUT_RD)
-            else:
-                client.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        client.sock.close()
+            while True:
+                first = port.recv(until_opened=True)
+                if first is None:
+                    return
+                self._serve(self._new_client(_SerialSession(port)), first)
+        finally:
+            port.close()
 
     # --- the simulated mesh ------------------------------------------------------------------------
     def add_user(self, user: SimUser) -> SimUser:
@@ -569,9 +791,14 @@ class SimulatedNode:
 
     # --- faults ---------------------------------------------------------------------------------
     def drop(self, *, rst: bool = False) -> None:
-        """Close the client's connection: a FIN, or with rst=True a reset."""
+        """Close the client's connection: a FIN, or with rst=True a reset. Over serial,
+        where a node cannot close the line, the device is unplugged (plug_back() it)."""
         client = self._client
-        if client is not None:
+        if client is None:
+            return
+        if isinstance(client.transport, _SerialSession):
+            self.unplug()
+        else:
             self._close_client(client, rst=rst)
 
     def stop_listening(self, seconds: float) -> None:
@@ -585,6 +812,14 @@ class SimulatedNode:
                 self._listen()
 
         self._spawn(relisten, name="sim-relisten")
+
+    def stall(self) -> None:
+        """Over serial: the node stops reading the line (a wedged USB device). What the bot
+        writes fills the kernel's buffers (some 20 KB for a pty), then its writes block."""
+        port = self._serial_port
+        if port is None:
+            raise RuntimeError("stall() is a serial fault: attach_serial() and plug the device first")
+        port.stall()
 
     def go_silent(self) -> None:
         """The current connection hangs: socket open, nothing read or answered, ever."""
