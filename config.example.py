@@ -2,10 +2,15 @@
 # Check it with: python main.py --config config.py --check-config  (exit 0, or 78 naming the key)
 
 # --- The node link ---------------------------------------------------------
-# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required unless --demo). Expected: a string.
+# How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port. Expected: one of 'tcp', 'serial'.
+CONNECTION = 'tcp'
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo). Expected: a string.
 NODE_HOST = ''
 # TCP port of the node's API. Expected: an integer from 1 to 65535.
 NODE_PORT = 4403
+# The node's serial device when CONNECTION is 'serial' ('auto': the one USB serial device found). Expected: a device path like '/dev/ttyUSB0' or '/dev/serial/by-id/...', or 'auto'.
+# e.g. SERIAL_PORT = '/dev/serial/by-id/usb-1a86_USB_Single_Serial_54FC0012345-if00'
+SERIAL_PORT = 'auto'
 # Give up one connect + config handshake after this long. Expected: a number from 0.5 to 300.
 CONNECT_TIMEOUT_S = 10.0
 # Send a heartbeat to the node this often. Expected: a number from 0.2 to 600.

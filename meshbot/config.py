@@ -180,6 +180,21 @@ def parse_location(value: Any) -> str:
     return text
 
 
+SERIAL_PORT_FORM = "a device path like '/dev/ttyUSB0' or '/dev/serial/by-id/...', or 'auto'"
+
+
+def parse_serial_port(value: Any) -> str:
+    """SERIAL_PORT: 'auto' or an absolute device path.
+
+    The device need not exist yet (the link waits for it to be plugged in), so only the
+    form is checked: a relative name like 'ttyUSB0' would be opened relative to the
+    daemon's working directory, never what the operator meant.
+    """
+    if value == "auto" or (isinstance(value, str) and value.startswith("/") and len(value) > 1 and value == value.strip()):
+        return value
+    raise ValueError(f"expected {SERIAL_PORT_FORM}, got {value!r}")
+
+
 def parse_http_url(value: Any) -> str:
     """An API URL: http:// or https:// and a host (tests point these at 127.0.0.1)."""
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
@@ -196,8 +211,22 @@ class Settings:
     """Everything the daemon can be told. Field names are the config file's keys."""
 
     # --- the node link -------------------------------------------------------------
-    NODE_HOST: str = _key("", str, "Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required unless --demo).")
+    CONNECTION: str = _key(
+        "tcp", str, "How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port.",
+        choices=("tcp", "serial"),
+    )
+    NODE_HOST: str = _key(
+        "", str, "Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo)."
+    )
     NODE_PORT: int = _key(4403, int, "TCP port of the node's API.", low=1, high=65535)
+    SERIAL_PORT: str = _key(
+        "auto",
+        str,
+        "The node's serial device when CONNECTION is 'serial' ('auto': the one USB serial device found).",
+        parse=parse_serial_port,
+        form=SERIAL_PORT_FORM,
+        example="SERIAL_PORT = '/dev/serial/by-id/usb-1a86_USB_Single_Serial_54FC0012345-if00'",
+    )
     CONNECT_TIMEOUT_S: float = _key(
         10.0, float, "Give up one connect + config handshake after this long.", low=0.5, high=300
     )
@@ -365,8 +394,10 @@ def build_settings(values: Mapping[str, Any], *, demo: bool = False) -> Settings
 
 def _check_together(s: Settings, *, demo: bool) -> None:
     """Rules that involve more than one key."""
-    if not demo and not s.NODE_HOST.strip():
-        raise ConfigError("NODE_HOST is required: the node's hostname or IP, e.g. '192.168.1.38'")
+    if not demo and s.CONNECTION == "tcp" and not s.NODE_HOST.strip():
+        raise ConfigError(
+            "NODE_HOST is required: the node's hostname or IP, e.g. '192.168.1.38' (or CONNECTION = 'serial')"
+        )
     if s.RECONNECT_MAX_S < s.RECONNECT_MIN_S:
         raise ConfigError(
             f"RECONNECT_MAX_S = {s.RECONNECT_MAX_S:g}: expected a number >= RECONNECT_MIN_S ({s.RECONNECT_MIN_S:g})"
@@ -406,7 +437,7 @@ def load_settings(path: Optional[Path], *, demo: bool = False, overrides: Option
 
 # The first key of each section, for config.example.py and the README's table.
 _SECTIONS = {
-    "NODE_HOST": "The node link",
+    "CONNECTION": "The node link",
     "MIN_TEXT_INTERVAL_S": "Sending",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",

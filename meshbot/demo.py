@@ -118,6 +118,7 @@ def _with_simulators(settings: Settings, node: SimulatedNode, weather: FakeOpenM
     """The operator's settings, pointed at the simulators (nothing leaves 127.0.0.1)."""
     return replace(
         settings,
+        CONNECTION="tcp",  # the simulated node listens on TCP, whatever config.py says
         NODE_HOST=node.host,
         NODE_PORT=node.port,
         # Short probe times so the silent-node fault is noticed within the demo.

@@ -5,12 +5,14 @@ it opens the interface, waits for the config handshake, probes the node every
 `PROBE_INTERVAL_S`, declares the link dead after `LINK_TIMEOUT_S` without a frame, and
 on any loss closes the old interface completely before opening a new one, after an
 exponential, jittered backoff. Nothing else in the process opens a connection: the
-node accepts one TCP client and kicks the previous one off when a second connects.
+node accepts one TCP client and kicks the previous one off when a second connects (a
+serial port, CONNECTION = 'serial', is locked for one program: the same rule).
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import random
 import socket
@@ -19,13 +21,22 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, Protocol
 
+import serial
 from meshtastic.mesh_interface import MeshInterface
 from pubsub import pub
 
 from meshbot.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
-from meshbot.interface import LinkEvents, LinkLost, OptimizedTCPInterface, TxQueueFull
+from meshbot.interface import (
+    LinkEvents,
+    LinkLost,
+    OptimizedSerialInterface,
+    OptimizedTCPInterface,
+    SerialPortNotFound,
+    TxQueueFull,
+    find_serial_port,
+)
 from meshbot.text import format_duration
 
 log = logging.getLogger(__name__)
@@ -76,8 +87,42 @@ class LinkObserver(Protocol):
 InterfaceFactory = Callable[[LinkEvents], Any]
 
 
+# What a serial device's errors mean, in the words the operator acts on. pyserial raises
+# SerialException (an OSError) carrying the errno of the failed open, read or lock.
+_DIALOUT = "permission denied (the bot's user must be in group dialout)"
+_SERIAL_ERRNO_CAUSES = {
+    errno.ENOENT: "no such device",
+    errno.ENODEV: "no such device",
+    errno.ENXIO: "no such device",
+    errno.EACCES: _DIALOUT,
+    errno.EPERM: _DIALOUT,
+    errno.EBUSY: "device busy",
+    errno.EAGAIN: "in use by another program (it holds the port's lock: the meshtastic CLI?)",
+    errno.EISDIR: "not a serial device",
+    errno.ENOTTY: "not a serial device",
+    errno.EIO: "I/O error (device unplugged?)",
+}
+
+
+def _serial_cause(exc: serial.SerialException) -> str:
+    cause = _SERIAL_ERRNO_CAUSES.get(exc.errno) if exc.errno is not None else None
+    if cause:
+        return cause
+    text = str(exc)
+    # Messages pyserial raises without an errno.
+    if "Could not configure port" in text:  # a file or device that is no tty (ENOTTY)
+        return "not a serial device"
+    if "returned no data" in text:  # its read() on a hung-up device
+        return "device gone (unplugged?)"
+    return text
+
+
 def describe_error(exc: BaseException) -> str:
     """A short cause for the log line, without a traceback for expected network errors."""
+    if isinstance(exc, SerialPortNotFound):
+        return str(exc)
+    if isinstance(exc, serial.SerialException):
+        return _serial_cause(exc)
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -93,7 +138,10 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-_EXPECTED_ERRORS = (OSError, LinkLost, TxQueueFull, MeshInterface.MeshInterfaceError)
+# serial.SerialException and SerialPortNotFound are OSErrors too; named for the reader.
+_EXPECTED_ERRORS = (
+    OSError, serial.SerialException, SerialPortNotFound, LinkLost, TxQueueFull, MeshInterface.MeshInterfaceError
+)
 
 
 class Backoff:
@@ -135,7 +183,10 @@ class NodeLink:
     ) -> None:
         self._settings = settings
         self._on_packet = on_packet
-        self._factory = interface_factory or self._tcp_interface
+        serial_link = settings.CONNECTION == "serial"
+        self._factory = interface_factory or (self._serial_interface if serial_link else self._tcp_interface)
+        # The device SERIAL_PORT = 'auto' resolved to at the last attempt, for the log lines.
+        self._serial_device: Optional[str] = None
         self._observers: list[LinkObserver] = []
         self._backoff = Backoff(settings.RECONNECT_MIN_S, settings.RECONNECT_MAX_S, rng or random.Random())
         self._stop = threading.Event()
@@ -153,7 +204,13 @@ class NodeLink:
     # --- public ------------------------------------------------------------------------
     @property
     def address(self) -> str:
-        return f"{self._settings.NODE_HOST}:{self._settings.NODE_PORT}"
+        """Where the node is: "host:port", or the serial device's path."""
+        s = self._settings
+        if s.CONNECTION == "serial":
+            if s.SERIAL_PORT != "auto":
+                return s.SERIAL_PORT
+            return self._serial_device or "the auto-detected serial port"
+        return f"{s.NODE_HOST}:{s.NODE_PORT}"
 
     @property
     def interface(self) -> Any:
@@ -381,6 +438,20 @@ class NodeLink:
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
             link_timeout_s=s.LINK_TIMEOUT_S,
+            connectNow=False,
+        )
+
+    def _serial_interface(self, events: LinkEvents) -> OptimizedSerialInterface:
+        s = self._settings
+        device = s.SERIAL_PORT
+        if device == "auto":
+            # Searched at every attempt: the node may come back under another name.
+            self._serial_device = None
+            device = self._serial_device = find_serial_port()
+        return OptimizedSerialInterface(
+            device,
+            events=events,
+            connect_timeout_s=s.CONNECT_TIMEOUT_S,
             connectNow=False,
         )
 
