@@ -285,17 +285,19 @@ class NodeLink:
 
     def _link_up(self, iface: Any, outage: "_Outage", up_at: float) -> None:
         self._backoff.reset()
-        self._iface = iface
-        self._set_state(LinkState.UP, iface=iface)
-        status = self._status
-        facts = f"{status.node_name}, {status.radio.name if status.radio else '?'}"
-        if outage.attempts == 1 and status.reconnects == 0:
-            log.info("link up to %s in %.1f s (%s)", self.address, up_at - outage.started, facts)
+        facts = _node_facts(iface)
+        node = f"{facts['node_name']}, {facts['radio'].name if facts['radio'] else '?'}"
+        # Logged before the state flips: the outbox starts sending on UP, and the journal
+        # should show the link up before the texts that go over it.
+        if outage.attempts == 1 and self._status.reconnects == 0:
+            log.info("link up to %s in %.1f s (%s)", self.address, up_at - outage.started, node)
         else:
             log.info(
                 "link up after %.1f s, %d attempt%s (%s)",
-                up_at - outage.started, outage.attempts, "" if outage.attempts == 1 else "s", facts,
+                up_at - outage.started, outage.attempts, "" if outage.attempts == 1 else "s", node,
             )
+        self._iface = iface
+        self._set_state(LinkState.UP, node_facts=facts)
 
     def _link_lost(self, cause: str, was_up_s: float) -> None:
         self._status = replace(self._status, reconnects=self._status.reconnects + 1)
@@ -417,15 +419,16 @@ class NodeLink:
         return on_receive
 
     # --- state ---------------------------------------------------------------------------
-    def _set_state(self, state: LinkState, *, cause: str = "", iface: Any = None) -> None:
+    def _set_state(self, state: LinkState, *, cause: str = "", node_facts: Optional[dict[str, Any]] = None) -> None:
         with self._lock:
             now = time.monotonic()
             down_since = None if state is LinkState.UP else (self._status.down_since or now)
-            status = replace(self._status, state=state, since=now, down_since=down_since)
+            # The address too: with SERIAL_PORT = 'auto' it is known once a device is found.
+            status = replace(self._status, state=state, since=now, down_since=down_since, address=self.address)
             if cause:
                 status = replace(status, last_cause=cause)
-            if iface is not None:
-                status = replace(status, **_node_facts(iface))
+            if node_facts is not None:
+                status = replace(status, **node_facts)
             self._status = status
         for observer in self._observers:
             observer.link_changed(status)

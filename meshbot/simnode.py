@@ -313,6 +313,7 @@ class SimulatedNode:
         self._client: Optional[_Client] = None
         self._running = False
         self._reject_next: list[int] = []
+        self._silent_until = 0.0  # go_silent(seconds): connections until then are hung too
         self._routing_error_next: list[int] = []
         self._packet_ids = random.Random(4403)
         self._from_radio_id = 0
@@ -393,6 +394,7 @@ class SimulatedNode:
             previous = self._client
             self.counters.connections += 1
             client = _Client(transport, self.counters.connections)
+            client.silent = time.monotonic() < self._silent_until
             self._client = client
             self._cond.notify_all()
         if previous is not None:
@@ -821,8 +823,14 @@ class SimulatedNode:
             raise RuntimeError("stall() is a serial fault: attach_serial() and plug the device first")
         port.stall()
 
-    def go_silent(self) -> None:
-        """The current connection hangs: socket open, nothing read or answered, ever."""
+    def go_silent(self, seconds: Optional[float] = None) -> None:
+        """The current connection hangs: socket open, nothing read or answered, ever.
+
+        With `seconds`, the node stays hung that long: connections opened meanwhile are
+        accepted but never answered (a wedged firmware behind a live Wi-Fi stack).
+        """
+        if seconds is not None:
+            self._silent_until = time.monotonic() + seconds
         client = self._client
         if client is not None:
             client.silent = True
