@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 45
+MINUTES ?= 30
 
-.PHONY: demo test bench run check-config clean example-config install uninstall
+.PHONY: demo test bench soak run check-config clean example-config install uninstall
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py
+
+# The long run: the daemon against the simulated node, a fault every minute.
+soak: $(VENV)/.installed
+	$(PY) bench/soak.py --minutes $(MINUTES)
 
 run: $(VENV)/.installed
 	$(PY) main.py --config config.py

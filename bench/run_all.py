@@ -1,6 +1,9 @@
-"""Run every benchmark in bench/ (each `bench_*.py` with a `run(quick)` function) and print one table.
+"""Run every benchmark in bench/ (each `bench_*.py`, then `soak.py`) and print one table.
 
     python bench/run_all.py [--quick]
+
+Each module has a `run(quick)` function returning rows. The soak runs one cycle of its
+five faults here (6 min; 3 min with --quick); `bench/soak.py --minutes 30` is the long run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs (fewer packets, shorter idle windows)")
     args = parser.parse_args()
     rows: list[Row] = []
-    for path in sorted(HERE.glob("bench_*.py")):
+    for path in [*sorted(HERE.glob("bench_*.py")), HERE / "soak.py"]:
         module = importlib.import_module(path.stem)
         print(f"running {path.name} ...", file=sys.stderr, flush=True)
         rows += module.run(quick=args.quick)

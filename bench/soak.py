@@ -1,0 +1,253 @@
+"""Soak: the real daemon for N minutes against the simulated node, with a fault every minute.
+
+    python bench/soak.py --minutes 30        (make soak MINUTES=30)
+
+The bot is `main.py` in its own process with the default settings (20 s probes, 45 s
+link timeout, 2.5 s between texts, pacing by airtime); the node keeps its 2 s text
+limit. Simulated users send a command every few seconds, round-robin, on channels and
+by DM; each command asks for exactly one reply. At each minute a fault is injected, in
+turn:
+
+  FIN          the node closes the connection;
+  RST          the node resets it;
+  stop 10 s    the node reboots: connection reset, refused for 10 s;
+  silent 60 s  the node hangs for 60 s: socket open, nothing answered, new connections
+               accepted but never configured (a wedged firmware or a dead Wi-Fi bridge);
+  rate limit   the node refuses the next two texts with RATE_LIMIT_EXCEEDED.
+
+A command counts as expected when the node handed it to the bot (a real node queues
+packets for a client that is away; the simulated one does not, so commands typed while
+the link is down are not counted). No command is sent within a second of a fault, so a
+lost reply means the bot lost it. Everything stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from common import Row, print_table, rss_mb, start_bot, stop_bot, wait_for
+
+from meshbot.simnode import SimulatedNode, SimUser
+
+FAULTS = ("FIN", "RST", "stop 10 s", "silent 60 s", "rate limit")
+_QUIET_BEFORE_FAULT_S = 1.0
+_QUIET_AFTER_FAULT_S = 0.5
+_DRAIN_S = 120.0  # after the last minute: time for replies still queued
+USERS = tuple(SimUser(0x50AC0000 + i, f"SK{i:02d}", f"Soak user {i}") for i in range(12))
+
+_LOST = re.compile(r"link to \S+ lost after")
+_UP = re.compile(r"link up after")
+_REJECTED = re.compile(r"rate limited by the node; sending it again")
+_EXPIRED = re.compile(r"not sent within OUTBOX_TTL_S")
+
+
+class BotLog:
+    """The bot's stderr, each line stamped with the time it was read."""
+
+    def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
+        for line in stream:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def first_after(self, pattern: re.Pattern[str], after: float) -> Optional[float]:
+        return next((at for at, line in list(self.lines) if at >= after and pattern.search(line)), None)
+
+    def count(self, pattern: re.Pattern[str]) -> int:
+        return sum(1 for _, line in list(self.lines) if pattern.search(line))
+
+    def errors(self) -> list[str]:
+        return [line for _, line in list(self.lines) if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    at: float
+    refused_at: Optional[float] = None  # rate limit: when the node refused the first text
+    detected_s: Optional[float] = None
+    recovered_s: Optional[float] = None
+
+
+@dataclass
+class Tally:
+    sent: int = 0  # commands typed by users
+    expected: dict[int, float] = field(default_factory=dict)  # packet id -> when handed to the bot
+
+
+class Soak:
+    def __init__(self, minutes: float, command_every_s: float) -> None:
+        self.minutes = minutes
+        self.command_every_s = command_every_s
+        self.node = SimulatedNode(users=USERS)  # the firmware's 2 s text limit stays on
+        self.tally = Tally()
+        self.faults: list[FaultRecord] = []
+        self.rss: list[float] = []
+        self._next_user = 0
+
+    # --- driving ---------------------------------------------------------------------------------
+    def run(self) -> list[Row]:
+        with self.node:
+            proc = start_bot(self.node.port, LOG_LEVEL="INFO")
+            log = BotLog(proc.stderr)
+            try:
+                if not self.node.wait_connected(30):
+                    raise SystemExit("the bot never connected")
+                started = time.monotonic()
+                end = started + self.minutes * 60
+                next_fault = started + 60
+                next_command = started
+                next_rss = started + 60
+                fault_index = 0
+                while time.monotonic() < end:
+                    now = time.monotonic()
+                    if now >= next_fault:
+                        self._inject(FAULTS[fault_index % len(FAULTS)])
+                        fault_index += 1
+                        next_fault += 60
+                    if now >= next_rss:
+                        self.rss.append(rss_mb(proc.pid))
+                        next_rss += 60
+                    quiet = next_fault - now < _QUIET_BEFORE_FAULT_S or (
+                        self.faults and now - self.faults[-1].at < _QUIET_AFTER_FAULT_S
+                    )
+                    if now >= next_command and not quiet:
+                        self._command()
+                        next_command += self.command_every_s
+                    time.sleep(0.05)
+                self.rss.append(rss_mb(proc.pid))
+                wait_for(lambda: self._missing() == 0, _DRAIN_S)
+            finally:
+                stop_bot(proc)
+            self._measure_faults(log)
+            return self._rows(log)
+
+    def _command(self) -> None:
+        user = USERS[self._next_user % len(USERS)]
+        kind = self._next_user % 3
+        self._next_user += 1
+        self.tally.sent += 1
+        if kind == 0:
+            packet = self.node.user_packet(user, "/ping", dm=True)
+        elif kind == 1:
+            packet = self.node.user_packet(user, "/ping", channel=0)
+        else:
+            packet = self.node.user_packet(user, f"/echo soak {self.tally.sent}", channel=1)
+        if self.node.deliver(packet):  # False: no configured client to hand it to
+            self.tally.expected[packet.id] = time.monotonic()
+
+    def _inject(self, kind: str) -> None:
+        record = FaultRecord(kind, time.monotonic())
+        self.faults.append(record)
+        print(f"{time.strftime('%H:%M:%S')} fault {len(self.faults)}: {kind}", file=sys.stderr, flush=True)
+        if kind == "FIN":
+            self.node.drop()
+        elif kind == "RST":
+            self.node.drop(rst=True)
+        elif kind == "stop 10 s":
+            self.node.stop_listening(10)
+        elif kind == "silent 60 s":
+            self.node.go_silent(seconds=60)
+        elif kind == "rate limit":
+            threading.Thread(target=self._refuse_two_texts, args=(record,), daemon=True).start()
+
+    def _refuse_two_texts(self, record: FaultRecord) -> None:
+        """Turn the node's text limit up until it has refused two texts, then back to 2 s."""
+        before = self.node.counters.rate_limited
+        self.node.text_rate_limit_s = 3600.0
+        if wait_for(lambda: self.node.counters.rate_limited > before, 50):
+            record.refused_at = time.monotonic()
+            wait_for(lambda: self.node.counters.rate_limited >= before + 2, 50)
+        self.node.text_rate_limit_s = 2.0
+
+    # --- measuring ---------------------------------------------------------------------------------
+    def _replies(self) -> collections.Counter[int]:
+        return collections.Counter(t.reply_id for t in self.node.texts if t.reply_id in self.tally.expected)
+
+    def _missing(self) -> int:
+        return len(self.tally.expected) - len(self._replies())
+
+    def _measure_faults(self, log: BotLog) -> None:
+        for record in self.faults:
+            if record.kind == "rate limit":
+                # From the node's refusal to the bot's line saying it sends the text again.
+                # (The refusal is seen by polling every 5 ms, so the line may come first: 0.)
+                at = log.first_after(_REJECTED, record.at)
+                if at is not None and record.refused_at is not None:
+                    record.detected_s = max(0.0, at - record.refused_at)
+                continue
+            lost_at = log.first_after(_LOST, record.at)
+            if lost_at is not None:
+                record.detected_s = lost_at - record.at
+                up_at = log.first_after(_UP, lost_at)
+                record.recovered_s = None if up_at is None else up_at - record.at
+
+    def _rows(self, log: BotLog) -> list[Row]:
+        replies = self._replies()
+        delivered = len(replies)
+        duplicates = sum(n - 1 for n in replies.values())
+        expired = log.count(_EXPIRED)
+        rows = [
+            Row("soak", f"duration, faults injected ({len(self.faults)})", self.minutes, "min"),
+            Row("soak", "commands sent by users", self.tally.sent, ""),
+            Row("soak", "replies expected (commands the node handed to the bot)", len(self.tally.expected), ""),
+            Row("soak", "replies delivered", delivered, ""),
+            Row("soak", "replies dropped by TTL (logged)", expired, ""),
+            Row("soak", "lost (expected, not delivered, not expired)", len(self.tally.expected) - delivered - expired, "",
+                "0", len(self.tally.expected) - delivered - expired == 0),
+            Row("soak", "duplicates", duplicates, "", "0", duplicates == 0),
+            Row("soak", "reconnects (link up again, from the bot's log)", log.count(_UP), ""),
+            Row("soak", "connections the node accepted after the first", self.node.counters.connections - 1, ""),
+            Row("soak", "texts refused by the node's rate limit, re-sent", self.node.counters.rate_limited, ""),
+        ]
+        for kind in FAULTS:
+            records = [r for r in self.faults if r.kind == kind]
+            if not records:
+                continue
+            detected = [r.detected_s for r in records if r.detected_s is not None]
+            missed = len(records) - len(detected)
+            label = f"{kind}: max detection ({len(records)} faults{f', {missed} undetected' if missed else ''})"
+            rows.append(Row("soak", label, max(detected) if detected else float("nan"), "s",
+                            "<= 45" if kind == "silent 60 s" else "", missed == 0))
+            recovered = [r.recovered_s for r in records if r.recovered_s is not None]
+            if recovered:
+                rows.append(Row("soak", f"{kind}: max time from fault to link up", max(recovered), "s"))
+        if len(self.rss) >= 2:
+            growth = self.rss[-1] - self.rss[0]
+            rows.append(Row("soak", "RSS after 1 min", self.rss[0], "MB"))
+            rows.append(Row("soak", "RSS at the end", self.rss[-1], "MB"))
+            rows.append(Row("soak", "RSS growth", growth, "MB", "<= 5", growth <= 5.0))
+        errors = log.errors()
+        rows.append(Row("soak", "ERROR lines or tracebacks in the bot's log", len(errors), "", "0", not errors))
+        for line in errors[:5]:
+            print("bot:", line, file=sys.stderr)
+        return rows
+
+
+def run(quick: bool = False, minutes: Optional[float] = None) -> list[Row]:
+    """For run_all.py: one full cycle of the five faults (6 min), or 3 min with --quick."""
+    return Soak(minutes if minutes is not None else (3.0 if quick else 6.0), command_every_s=5.0).run()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--command-every", type=float, default=5.0, metavar="S", help="seconds between commands")
+    args = parser.parse_args()
+    rows = Soak(args.minutes, args.command_every).run()
+    print_table(rows)
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
