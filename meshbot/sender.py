@@ -242,6 +242,10 @@ class MessageSender:
         with self._cond:
             self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
+        if item.to == BROADCAST_NUM and self._own_broadcasts is not None:
+            # Before the write: the node may put it on the air, and an echo may come back,
+            # before its verdict reaches this thread.
+            self._own_broadcasts.add(item.text)
         try:
             iface.send_text_packet(
                 item.text,
@@ -303,8 +307,6 @@ class MessageSender:
     def _accepted(self, packet_id: int, item: OutgoingText) -> None:
         self._sent += 1
         self._last_accepted = (packet_id, item)
-        if item.to == BROADCAST_NUM and self._own_broadcasts is not None:
-            self._own_broadcasts.add(item.text)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
             self._recent_ids.popitem(last=False)
