@@ -157,6 +157,16 @@ class _HardenedStream:
     def alive(self) -> bool:
         return self.lost_cause is None and not self._closing
 
+    def _say_goodbye(self, transport_open: bool) -> None:
+        """Start an intended close: a `disconnect` to a node that is listening (so it frees
+        its client slot at once), then no loss is reported any more."""
+        if transport_open and self.alive and self.isConnected.is_set():
+            try:
+                self._sendToRadioImpl(mesh_pb2.ToRadio(disconnect=True))
+            except (OSError, LinkLost):
+                pass
+        self._closing = True
+
     def _reconnect(self) -> None:
         # The library would sleep 1 s and reconnect on this same object, silently.
         self.mark_lost("node closed the connection")
@@ -327,12 +337,7 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
 
     def close(self) -> None:
         """An intended close: tell the node we are leaving, then close without reporting a loss."""
-        if self.socket is not None and self.alive and self.isConnected.is_set():
-            try:
-                self._sendToRadioImpl(mesh_pb2.ToRadio(disconnect=True))
-            except (OSError, LinkLost):
-                pass
-        self._closing = True
+        self._say_goodbye(self.socket is not None)
         super().close()
 
     def _writeBytes(self, b: bytes) -> None:
@@ -414,12 +419,7 @@ class OptimizedSerialInterface(_HardenedStream, SerialInterface):
 
     def close(self) -> None:
         """An intended close: tell the node we are leaving, wake the reader, close the port."""
-        if self.stream is not None and self.alive and self.isConnected.is_set():
-            try:
-                self._sendToRadioImpl(mesh_pb2.ToRadio(disconnect=True))
-            except (OSError, LinkLost):
-                pass
-        self._closing = True
+        self._say_goodbye(self.stream is not None)
         self._wantExit = True
         with self._write_lock:  # the reader closes the stream under this lock
             if self.stream is not None:
