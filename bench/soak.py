@@ -187,7 +187,7 @@ class Soak:
                     record.detected_s = max(0.0, at - record.refused_at)
                     # Recovered: the next text the node accepted (the refused one, sent again).
                     accepted = [t.at for t in self.node.texts if t.at > record.refused_at]
-                    record.recovered_s = min(accepted) - record.at if accepted else None
+                    record.recovered_s = min(accepted) - record.refused_at if accepted else None
                 continue
             lost_at = log.first_after(_LOST, record.at)
             if lost_at is not None:
@@ -220,13 +220,14 @@ class Soak:
             detected = [r.detected_s for r in records if r.detected_s is not None]
             missed = len(records) - len(detected)
             label = f"{kind}: max detection ({len(records)} faults{f', {missed} undetected' if missed else ''})"
-            label = label.replace("max detection", "max detection (polled every 5 ms)") if kind == "rate limit" else label
+            if kind == "rate limit":
+                label += ", refusals seen by polling every 5 ms"
             rows.append(Row("soak", label, max(detected) if detected else float("nan"), "s",
                             "<= 45" if kind == "silent 60 s" else "", missed == 0))
             recovered = [r.recovered_s for r in records if r.recovered_s is not None]
             if recovered:
-                done = "text accepted again" if kind == "rate limit" else "link up"
-                rows.append(Row("soak", f"{kind}: max time from fault to {done}", max(recovered), "s"))
+                what = "from the refusal to the text accepted" if kind == "rate limit" else "from fault to link up"
+                rows.append(Row("soak", f"{kind}: max time {what}", max(recovered), "s"))
         if len(self.rss) >= 2:
             growth = self.rss[-1] - self.rss[0]
             rows.append(Row("soak", "RSS after 1 min", self.rss[0], "MB"))
