@@ -21,6 +21,7 @@ from meshbot import __version__
 from meshbot.config import EX_CONFIG, ConfigError, Settings, load_settings
 from meshbot.logs import setup_logging
 from meshbot.systemd import ServiceNotifier
+from meshbot.text import counted
 
 if TYPE_CHECKING:
     from meshbot.app import Bot
@@ -106,7 +107,7 @@ def run_daemon(bot: "Bot", stop: threading.Event, notifier: ServiceNotifier) -> 
             notifier.status(line)
             shown = line
     queued = bot.sender.stats().queued
-    notifier.stopping(f"stopping: {shown}" if code else f"stopping, {queued} text{'' if queued == 1 else 's'} to flush")
+    notifier.stopping(f"stopping: {shown}" if code else f"stopping, {counted(queued, 'text')} to flush")
     bot.stop()
     notifier.close()
     return code

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Optional
 
 from meshbot.router import BROADCAST_NUM, CommandContext, command
+from meshbot.text import counted
 
 
 @command("bc", aliases=("broadcast",), admin=True, help="/bc <text>: admins broadcast a text as is on the broadcast channel")
@@ -16,4 +17,4 @@ def broadcast(ctx: CommandContext) -> Optional[str]:
         return "usage: /bc <text>"
     channel = ctx.services.settings.BROADCAST_CHANNEL
     texts = ctx.services.sender.send(ctx.args, to=BROADCAST_NUM, channel=channel)
-    return f"broadcast queued on ch{channel} ({texts} text{'' if texts == 1 else 's'})"
+    return f"broadcast queued on ch{channel} ({counted(texts, 'text')})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from meshbot.router import CommandContext, InboundText, command
+from meshbot.text import counted
 
 
 def signal_report(message: InboundText) -> str:
@@ -16,7 +17,7 @@ def signal_report(message: InboundText) -> str:
         parts.append(f"SNR {message.rx_snr:.1f} dB, RSSI {message.rx_rssi} dBm")
     if message.hop_start:
         hops = message.hop_start - message.hop_limit
-        parts.append("direct" if hops == 0 else f"{hops} hop{'' if hops == 1 else 's'}")
+        parts.append("direct" if hops == 0 else counted(hops, "hop"))
     return ", ".join(parts)
 
 

@@ -6,7 +6,7 @@ import time
 from typing import Any, Optional
 
 from meshbot.router import CommandContext, command, display_name
-from meshbot.text import format_age, utf8_len
+from meshbot.text import counted, format_age, utf8_len
 
 
 @command("status", help="/status: uptime, link, texts sent/queued/dropped, commands served")
@@ -15,9 +15,8 @@ def status(ctx: CommandContext) -> Optional[str]:
     link = services.link.status
     out = services.sender.stats()
     uptime = format_age(time.monotonic() - services.stats.started_at)
-    reconnects = f"{link.reconnects} reconnect{'' if link.reconnects == 1 else 's'}"
     return (
-        f"up {uptime}, link {link.state.value} ({reconnects}), texts sent {out.sent}, queued {out.queued}, "
+        f"up {uptime}, link {link.state.value} ({counted(link.reconnects, 'reconnect')}), texts sent {out.sent}, queued {out.queued}, "
         f"dropped {out.dropped}, commands {services.stats.commands}"
     )
 
@@ -61,5 +60,5 @@ def nodes(ctx: CommandContext) -> Optional[str]:
     pages = node_pages(heard, ctx.services.settings.MAX_TEXT_BYTES, time.time())
     page = int(page_arg)
     if page > len(pages):
-        return f"only {len(pages)} page{'' if len(pages) == 1 else 's'} of nodes"
+        return f"only {counted(len(pages), 'page')} of nodes"
     return f"nodes {page}/{len(pages)}: " + ", ".join(pages[page - 1])

@@ -20,7 +20,7 @@ from meshbot.link import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
 from meshbot.sender import MessageSender
-from meshbot.text import format_duration
+from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,7 @@ class Bot:
         """One line for `systemctl status meshbot` (systemd's STATUS=)."""
         link = self.link.status
         if link.state is LinkState.UP:
-            reconnects = f"{link.reconnects} reconnect{'' if link.reconnects == 1 else 's'}"
-            commands = f"{self.stats.commands} command{'' if self.stats.commands == 1 else 's'}"
+            reconnects, commands = counted(link.reconnects, "reconnect"), counted(self.stats.commands, "command")
             return f"link up to {link.address} · {reconnects} · {commands}"
         if not link.last_cause:
             return f"connecting to {link.address}"  # the first attempt, not failed yet

@@ -114,3 +114,8 @@ def format_duration(seconds: float, decimals: int = 1) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 text', '3 texts': an English count for status lines and replies."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
