@@ -26,7 +26,8 @@ class ServiceNotifier:
     """Tells systemd that meshbot is ready, how it is doing, that it is alive, that it stops."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ, pid: Optional[int] = None) -> None:
-        self.address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
+        self._socket_name = environ.get("NOTIFY_SOCKET", "")
+        self.address = _socket_address(self._socket_name)
         self.watchdog_interval_s = _watchdog_interval(environ, os.getpid() if pid is None else pid)
         self._sock: Optional[socket.socket] = None
         self._failed = False
@@ -67,7 +68,7 @@ class ServiceNotifier:
             # Only the first failure is worth a line: systemd will notice the silence itself
             # (a missed READY=1 fails the start, a missed WATCHDOG=1 restarts the service).
             if not self._failed:
-                log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc.strerror or exc)
+                log.warning("cannot notify systemd at %s: %s", self._socket_name, exc.strerror or exc)
                 self._failed = True
         else:
             self._failed = False
