@@ -84,11 +84,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def run_daemon(bot: "Bot", stop: threading.Event, notifier: ServiceNotifier) -> int:
     """Supervise the bot: systemd's status line and watchdog, until a signal or a hung loop."""
     bot.start()
-    notifier.ready(bot.status_line())
+    shown = bot.status_line()
+    notifier.ready(shown)
     watchdog_every = notifier.watchdog_interval_s
     tick = min(1.0, watchdog_every or 1.0)
     next_watchdog = time.monotonic()
-    shown = ""
     code = 0
     while not stop.wait(tick):
         problem = bot.health_problem()
