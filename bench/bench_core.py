@@ -18,7 +18,7 @@ import time
 
 from common import ROOT, Row, cpu_seconds, percentile, print_table, rss_mb, start_bot, stop_bot
 
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 
 NAME = "core"
 # Pacing off, and the per-sender limit out of the way: 3 simulated users send thousands of commands.

@@ -20,7 +20,7 @@ import time
 
 from common import Row, cpu_seconds, percentile, print_table, start_bot, stop_bot
 
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 
 NAME = "router"
 SETTINGS = dict(MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000, OUTBOX_MAX=10_000)

@@ -4,7 +4,7 @@
 
 The bot (`main.py`) runs in its own process against the simulated node; its
 WEATHER_API_URL and GEOCODING_API_URL point at the fake Open-Meteo
-(`meshbot/simweather.py`) in this process, on 127.0.0.1. Pacing is off, as in
+(`meshbot/sim/weather.py`) in this process, on 127.0.0.1. Pacing is off, as in
 bench_core, so the figures are the bot's own cost.
 
 * HTTP requests: 20 nodes (4 near each of 5 places) send 100 /weather commands in one
@@ -24,8 +24,8 @@ import time
 
 from common import Row, percentile, print_table, start_bot, stop_bot
 
-from meshbot.simnode import SimulatedNode, SimUser
-from meshbot.simweather import FORECAST_PATH, SEARCH_PATH, FakeOpenMeteo
+from meshbot.sim.node import SimulatedNode, SimUser
+from meshbot.sim.weather import FORECAST_PATH, SEARCH_PATH, FakeOpenMeteo
 
 NAME = "weather"
 # A burst of 100 replies would overflow the default outbox (50: the oldest are dropped,

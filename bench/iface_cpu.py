@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from meshtastic.tcp_interface import TCPInterface  # noqa: E402
 from pubsub import pub  # noqa: E402
 
-from meshbot.interface import OptimizedTCPInterface  # noqa: E402
+from meshbot.link.interface import OptimizedTCPInterface  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -34,7 +34,7 @@ from typing import Optional
 
 from common import Row, print_table, rss_mb, start_bot, stop_bot, wait_for
 
-from meshbot.simnode import SimulatedNode, SimUser
+from meshbot.sim.node import SimulatedNode, SimUser
 
 FAULTS = ("FIN", "RST", "stop 10 s", "silent 60 s", "rate limit")
 _QUIET_BEFORE_FAULT_S = 1.0

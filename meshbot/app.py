@@ -16,10 +16,10 @@ from meshbot.config import ConfigError, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
-from meshbot.link import InterfaceFactory, LinkState, NodeLink
+from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
-from meshbot.sender import MessageSender
+from meshbot.outbox.sender import MessageSender
 from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
 

@@ -15,8 +15,8 @@ from typing import Callable, Optional, TextIO
 
 from meshbot.app import Bot
 from meshbot.config import Settings
-from meshbot.simnode import BROADCAST_NUM, SentText, SimulatedNode, SimUser
-from meshbot.simweather import FakeOpenMeteo
+from meshbot.sim.node import BROADCAST_NUM, SentText, SimulatedNode, SimUser
+from meshbot.sim.weather import FakeOpenMeteo
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from typing import Iterator, Optional
 
 from meshbot.config import Settings
-from meshbot.interface import TX_QUEUE_WAIT_S
+from meshbot.link.interface import TX_QUEUE_WAIT_S
 
 # Added to the longest legitimate step, so a slow Pi under load is not taken for hung.
 _STALL_MARGIN_S = 60.0

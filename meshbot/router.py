@@ -25,8 +25,8 @@ from meshbot.dedup import RecentKeys
 from meshbot.ratelimit import Decision, RateLimiter
 
 if TYPE_CHECKING:
-    from meshbot.link import NodeLink
-    from meshbot.sender import MessageSender
+    from meshbot.link.owner import NodeLink
+    from meshbot.outbox.sender import MessageSender
     from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from meshbot.health import LoopProgress
 
 if TYPE_CHECKING:
     from meshbot.router import Router
-    from meshbot.sender import MessageSender
+    from meshbot.outbox.sender import MessageSender
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ if str(ROOT) not in sys.path:
 
 from meshbot.app import Bot  # noqa: E402
 from meshbot.config import build_settings  # noqa: E402
-from meshbot.simnode import SimulatedNode  # noqa: E402
+from meshbot.sim.node import SimulatedNode  # noqa: E402
 
 # Short intervals so that faults are detected in about a second, not in a minute.
 FAST = dict(

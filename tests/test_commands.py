@@ -9,7 +9,7 @@ import types
 import pytest
 
 from meshbot.router import command
-from meshbot.simnode import BROADCAST_NUM, SimulatedNode, SimUser
+from meshbot.sim.node import BROADCAST_NUM, SimulatedNode, SimUser
 from tests.conftest import wait_until
 
 ALICE, BOB, CARL = 0x1A2B3C01, 0x1A2B3C02, 0x1A2B3C03

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 from tests.conftest import settings_for, wait_until
 
 
@@ -80,7 +80,7 @@ def test_node_down_for_a_while_logs_at_most_one_line_a_minute(node, start_bot, c
     node.stop_listening(3.0)
     assert node.wait_connected(15, handshakes=2)
     wait_until(lambda: bot.sender.get_interface() is not None, 5)
-    link_lines = [r for r in caplog.records if r.name == "meshbot.link"]
+    link_lines = [r for r in caplog.records if r.name == "meshbot.link.owner"]
     # up, lost, up again: the many refused attempts in between are not logged one by one.
     assert len(link_lines) == 3, [r.getMessage() for r in link_lines]
     assert "attempts" in link_lines[-1].getMessage()

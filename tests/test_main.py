@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshbot.config import EX_CONFIG, Settings, example_config_text, load_settings
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 from tests.conftest import ROOT, wait_until
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 from meshbot.text import utf8_len
 from tests.conftest import wait_until
 

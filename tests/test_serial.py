@@ -23,9 +23,9 @@ import pytest
 import serial
 
 from meshbot.config import EX_CONFIG, ConfigError
-from meshbot.interface import LinkEvents, LinkLost, OptimizedSerialInterface, SerialPortNotFound, find_serial_port
-from meshbot.link import describe_error
-from meshbot.simnode import SimulatedNode
+from meshbot.link.interface import LinkEvents, LinkLost, OptimizedSerialInterface, SerialPortNotFound, find_serial_port
+from meshbot.link.owner import describe_error
+from meshbot.sim.node import SimulatedNode
 from tests.conftest import FAST, ROOT, settings_for, wait_until
 from tests.test_link import ping_answered
 
@@ -35,7 +35,7 @@ def start_serial_bot(start_bot, node: SimulatedNode, **overrides):
 
 
 def link_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "meshbot.link" and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "meshbot.link.owner" and r.levelno >= logging.WARNING]
 
 
 def test_ping_and_twenty_replies_over_serial_on_one_open(node, start_bot):

@@ -19,7 +19,7 @@ import handlers
 from main import run_daemon
 from meshbot.app import Bot
 from meshbot.router import command
-from meshbot.simnode import SimulatedNode
+from meshbot.sim.node import SimulatedNode
 from meshbot.systemd import ServiceNotifier
 from tests.conftest import ROOT, settings_for, wait_until
 

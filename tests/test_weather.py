@@ -1,6 +1,6 @@
 """/weather and /forecast end to end: the real bot over TCP, a fake Open-Meteo over HTTP on 127.0.0.1.
 
-The fake (meshbot/simweather.py) answers with Open-Meteo's JSON shape, converts units
+The fake (meshbot/sim/weather.py) answers with Open-Meteo's JSON shape, converts units
 itself as the real service does, rejects parameters it does not know, counts the
 requests it sees, and has fault switches. Timeouts are short (0.5 s) to keep this fast.
 """
@@ -18,8 +18,8 @@ import pytest
 
 import meshbot
 from meshbot.config import ConfigError, build_settings
-from meshbot.simnode import SimulatedNode
-from meshbot.simweather import FORECAST_PATH, SEARCH_PATH, FakeOpenMeteo, SimDay, SimWeather
+from meshbot.sim.node import SimulatedNode
+from meshbot.sim.weather import FORECAST_PATH, SEARCH_PATH, FakeOpenMeteo, SimDay, SimWeather
 from meshbot.text import utf8_len
 from meshbot.weather import STALE_MAX_S, ServiceUnavailable, WeatherClient
 from tests.test_commands import ALICE, BOB, CARL, ask

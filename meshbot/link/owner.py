@@ -25,10 +25,10 @@ import serial
 from meshtastic.mesh_interface import MeshInterface
 from pubsub import pub
 
-from meshbot.airtime import RadioParams, radio_params
+from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
-from meshbot.interface import (
+from meshbot.link.interface import (
     LinkEvents,
     LinkLost,
     OptimizedSerialInterface,

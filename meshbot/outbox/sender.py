@@ -33,8 +33,8 @@ from meshtastic.protobuf import mesh_pb2
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
-from meshbot.interface import LinkLost, TxQueueFull
-from meshbot.link import LinkStatus, NodeLink
+from meshbot.link.interface import LinkLost, TxQueueFull
+from meshbot.link.owner import LinkStatus, NodeLink
 from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)

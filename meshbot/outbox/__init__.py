@@ -1,0 +1,2 @@
+"""Everything the bot sends: `sender.MessageSender` and its outbox thread, `airtime` for
+how long a text keeps the channel busy."""
