@@ -19,6 +19,7 @@ from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
+from meshbot.share.server import ApiServer
 from meshbot.outbox.sender import MessageSender
 from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
@@ -49,7 +50,12 @@ class Bot:
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
         self.sender = MessageSender(settings, self.link, own_broadcasts)
         self.weather = WeatherClient(settings)
-        self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
+        # The node's TCP API served to the phone app and other clients, over the bot's link.
+        self.share = ApiServer(settings, self.link, self.sender) if settings.API_LISTEN else None
+        self.services = Services(
+            settings, self.sender, self.link, self.registry, self.stats, self.weather,
+            api_clients=self.share.client_count if self.share is not None else None,
+        )
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
         self.stall_limit_s = stall_limit_s(settings)
@@ -67,6 +73,8 @@ class Bot:
         )
         self.dispatcher.start()
         self.sender.start()
+        if self.share is not None:
+            self.share.start()
         self.link.start()
         self.scheduler.start()
 
@@ -80,6 +88,8 @@ class Bot:
             return "a handler thread stopped"
         if not self.scheduler.is_alive():
             return "the scheduler thread stopped"
+        if self.share is not None and not self.share.is_alive():
+            return "the API server thread stopped"
         now = time.monotonic()
         for what, busy_for in (
             ("the link thread", self.link.progress.busy_for(now)),
@@ -96,7 +106,8 @@ class Bot:
         link = self.link.status
         if link.state is LinkState.UP:
             reconnects, commands = counted(link.reconnects, "reconnect"), counted(self.stats.commands, "command")
-            return f"link up to {link.address} · {reconnects} · {commands}"
+            clients = "" if self.share is None else f" · {counted(self.share.client_count(), 'API client')}"
+            return f"link up to {link.address} · {reconnects} · {commands}{clients}"
         if not link.last_cause:
             return f"connecting to {link.address}"  # the first attempt, not failed yet
         down_for = format_duration(time.monotonic() - (link.down_since or link.since), decimals=0)
@@ -108,6 +119,8 @@ class Bot:
         deadline = started + budget_s
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
+        if self.share is not None:
+            self.share.stop()
         # Leave the link a second to say goodbye to the node after the flush.
         self.sender.stop(deadline=deadline - 1.0)
         self.link.stop(timeout=max(0.1, deadline - time.monotonic()))

@@ -202,6 +202,30 @@ def parse_http_url(value: Any) -> str:
     return value
 
 
+API_LISTEN_FORM = "'' (off), or 'host:port' like '0.0.0.0:4403', '127.0.0.1:4404' or '[::]:4403'"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """'host:port' (IPv6 in brackets) -> (host, port); ValueError naming the expected form."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    # Port 0 (any free port) is for tests, which read the port the server got.
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected {API_LISTEN_FORM}, got {value!r}")
+    return host, int(port)
+
+
+def parse_listen(value: Any) -> str:
+    """API_LISTEN: '' or a 'host:port' the bot can listen on."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected {API_LISTEN_FORM}, got {value!r}")
+    value = value.strip()
+    if value:
+        split_listen(value)
+    return value
+
+
 def _key(default: Any, kind: type, doc: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": KeySpec(kind=kind, doc=doc, **spec)})
 
@@ -294,6 +318,22 @@ class Settings:
         parse=parse_schedule,
         form=_SCHEDULE_FORM,
         example="SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]",
+    )
+    # --- sharing the node ------------------------------------------------------------
+    API_LISTEN: str = _key(
+        "",
+        str,
+        "Serve the node's TCP API here to the phone app, the meshtastic CLI and other clients, over the bot's one connection.",
+        parse=parse_listen,
+        form=API_LISTEN_FORM,
+        example="API_LISTEN = '0.0.0.0:4403'",
+    )
+    API_MAX_CLIENTS: int = _key(8, int, "Most clients of API_LISTEN at once; more are refused.", low=1, high=64)
+    API_ADMIN: str = _key(
+        "read",
+        str,
+        "What API clients may do to the node: 'read' only get_* admin requests, 'full' everything (set, reboot...), 'none' no admin at all.",
+        choices=("read", "full", "none"),
     )
     # --- weather ---------------------------------------------------------------------
     WEATHER_API_URL: str = _key(
@@ -441,6 +481,7 @@ _SECTIONS = {
     "MIN_TEXT_INTERVAL_S": "Sending",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
+    "API_LISTEN": "Sharing the node",
     "WEATHER_API_URL": "Weather",
     "LOG_LEVEL": "Logging",
 }

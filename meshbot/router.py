@@ -178,6 +178,8 @@ class Services:
     registry: CommandRegistry
     stats: BotStats
     weather: Optional["WeatherClient"] = None
+    # Clients of the shared node API (API_LISTEN) connected now; None when it is off.
+    api_clients: Optional[Callable[[], int]] = None
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,9 @@ class _HardenedStream:
         # What the last chunk read from the transport holds beyond what the library took.
         self._rx_chunk = b""
         self._rx_pos = 0
+        # Shared node API (meshbot/share): sees every FromRadio frame, raw and parsed, on
+        # this reader thread. Set by NodeLink before connect(); it must only hand over.
+        self.from_radio_tap: Optional[Callable[[bytes, mesh_pb2.FromRadio], None]] = None
 
     # --- loss ------------------------------------------------------------------------
     def mark_lost(self, cause: str) -> None:
@@ -208,6 +211,9 @@ class _HardenedStream:
         except DecodeError:
             log.warning("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
             return
+        tap = self.from_radio_tap
+        if tap is not None:  # before the library sees it: clients get frames in the node's order
+            tap(fromRadioBytes, from_radio)
         kind = from_radio.WhichOneof("payload_variant")
         # Packets and queue statuses are nearly all the traffic; the library converts
         # every frame to a dict first, which only node_info frames need.

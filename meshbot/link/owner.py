@@ -200,6 +200,9 @@ class NodeLink:
         self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
+        # Shared node API (meshbot/share): given every FromRadio frame of every interface,
+        # the handshake's included, on the library's reader thread. Set before start().
+        self.frame_tap: Optional[Callable[[bytes, Any], None]] = None
 
     # --- public ------------------------------------------------------------------------
     @property
@@ -223,6 +226,17 @@ class NodeLink:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def send_to_radio(self, to_radio: Any) -> None:
+        """Write one ToRadio of a client of the shared node API on the current link.
+
+        Raises LinkLost while the link is not up; a packet may wait (bounded) for a slot
+        in the node's TX queue, as the bot's own do.
+        """
+        iface = self._iface
+        if iface is None or not iface.alive:
+            raise LinkLost("link to the node is down")
+        iface._sendToRadio(to_radio)
 
     def add_observer(self, observer: LinkObserver) -> None:
         self._observers.append(observer)
@@ -310,6 +324,7 @@ class NodeLink:
         self._wake.clear()
         iface = self._factory(LinkEvents(lost=self._lost, queue_status=self._queue_status, routing_error=self._routing_error))
         iface.link_owner = self
+        iface.from_radio_tap = self.frame_tap
         try:
             iface.connect()
             # Probe once now: the answer tells whether this firmware reports every packet.

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
@@ -70,6 +70,14 @@ class OutgoingText:
     resends: int = 0
     # Id of a write whose verdict never came (the link died): resent with this same id.
     unconfirmed_id: Optional[int] = None
+    # A text of a client of the shared node API (meshbot/share): written as the client
+    # made it, with its own packet id, never resent with another (see send_client_text).
+    client_packet: Optional[mesh_pb2.MeshPacket] = None
+
+    @property
+    def from_client(self) -> bool:
+        """A person's own message through the shared API: paced, not charged to the bot's budget."""
+        return self.client_packet is not None
 
     def label(self) -> str:
         preview = self.text if len(self.text) <= 40 else self.text[:39] + "…"
@@ -108,6 +116,9 @@ class MessageSender:
         self._sent = self._dropped = self._resent = 0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
+        # Shared node API: told (packet id, text) of every text the node accepted, under
+        # the outbox lock, so that its clients see the bot's texts too. Must only hand over.
+        self.text_sent_listener: Optional[Callable[[int, OutgoingText], None]] = None
         link.add_observer(self)
 
     # --- public ----------------------------------------------------------------------------
@@ -131,6 +142,27 @@ class MessageSender:
                 log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
             self._cond.notify_all()
         return len(chunks)
+
+    def send_client_text(self, packet: mesh_pb2.MeshPacket) -> bool:
+        """Queue a text of a client of the shared node API; False when shutting down.
+
+        It goes ahead of the bot's queued replies (after other clients' texts, in order),
+        paced with them by the firmware's 2 s rule, with the client's own packet id so the
+        node's queueStatus and the mesh's ACK/NAK name it for the client.
+        """
+        item = OutgoingText(
+            packet.decoded.payload.decode("utf-8", "replace"), packet.to, packet.channel,
+            packet.decoded.reply_id or None, time.monotonic(), client_packet=packet,
+        )
+        with self._cond:
+            if self._stopping:
+                return False
+            index = 0
+            while index < len(self._queue) and self._queue[index].from_client:
+                index += 1
+            self._queue.insert(index, item)
+            self._cond.notify_all()
+        return True
 
     def stats(self) -> OutboxStats:
         with self._cond:
@@ -238,6 +270,8 @@ class MessageSender:
             return self._queue.popleft(), iface
 
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
+        if item.client_packet is not None:
+            item.unconfirmed_id = item.client_packet.id
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         with self._cond:
             self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
@@ -247,14 +281,17 @@ class MessageSender:
             # before its verdict reaches this thread.
             self._own_broadcasts.add(item.text)
         try:
-            iface.send_text_packet(
-                item.text,
-                item.to,
-                item.channel,
-                reply_id=item.reply_to,
-                want_ack=item.to != BROADCAST_NUM,  # a DM is retried by the firmware until acknowledged
-                packet_id=packet_id,
-            )
+            if item.client_packet is not None:
+                iface._sendToRadio(mesh_pb2.ToRadio(packet=item.client_packet))
+            else:
+                iface.send_text_packet(
+                    item.text,
+                    item.to,
+                    item.channel,
+                    reply_id=item.reply_to,
+                    want_ack=item.to != BROADCAST_NUM,  # a DM is retried by the firmware until acknowledged
+                    packet_id=packet_id,
+                )
         except TxQueueFull as exc:
             with self._cond:
                 self._inflight_id = None
@@ -311,9 +348,16 @@ class MessageSender:
         if len(self._recent_ids) > _RECENT_IDS:
             self._recent_ids.popitem(last=False)
         log.debug("sent %s (%d B, id %08x)", item.label(), utf8_len(item.text), packet_id)
+        if self.text_sent_listener is not None:
+            self.text_sent_listener(packet_id, item)
 
     def _reject(self, item: OutgoingText, why: str, now: float) -> None:
         """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
+        if item.from_client:
+            # The client got the node's queueStatus for its packet and decides; a resend
+            # would need its id, which the node now ignores as seen.
+            log.info("%s %s; left to the client that sent it", item.label(), why)
+            return
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:
