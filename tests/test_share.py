@@ -194,3 +194,164 @@ def test_meshtastic_cli_through_the_bot(node: SimulatedNode, start_bot: Callable
     assert node.counters.rate_limited == 0
     wait_until(lambda: bot.share is not None and bot.share.client_count() == 0, 5)
     assert caplog.text.count("API client 127.0.0.1:") >= 2 * 7
+
+
+def test_three_clients_handshakes_traffic_echo_and_admin(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
+    bot, port = start_shared(start_bot, node)
+    a, b, c = RawClient(port), RawClient(port), RawClient(port)
+    try:
+        # The firmware's order; 69420: no other nodes; 69421: node infos only.
+        kinds = [m.WhichOneof("payload_variant") for m in a.handshake(1234)]
+        assert kinds[:3] == ["my_info", "node_info", "metadata"]
+        assert kinds[3:11] == ["channel"] * 8 and kinds[-1] == "config_complete_id"
+        assert kinds.index("config") < kinds.index("moduleConfig") < len(kinds) - 4
+        assert kinds[-4:-1] == ["node_info"] * 3
+        no_nodes = b.handshake(69420)
+        assert [m.node_info.num for m in no_nodes if m.HasField("node_info")] == [OWN]
+        only_nodes = c.handshake(69421)
+        assert {m.WhichOneof("payload_variant") for m in only_nodes} == {"node_info", "config_complete_id"}
+        assert only_nodes[0].node_info.num == OWN and len(only_nodes) == 5
+        wait_until(lambda: bot.share is not None and bot.share.client_count() == 3, 5)
+
+        # The mesh to every client; a client's heartbeat answered by the bot.
+        node.user_text(BOB, "evening all", channel=1)
+        for client in (a, b, c):
+            client.read_until(lambda m: text_from(m, BOB, "evening all"))
+        a.send(heartbeat=mesh_pb2.Heartbeat())
+        a.read_until(lambda m: m.HasField("queueStatus") and m.queueStatus.mesh_packet_id == 0)
+
+        # A client's text: to the node with its id, its queueStatus to it alone, the others see it.
+        a.packet(0xFFFFFFFF, "from the app", packet_id=0x11110001)
+        status = a.read_until(lambda m: m.HasField("queueStatus") and m.queueStatus.mesh_packet_id == 0x11110001)
+        assert status.queueStatus.res == 0
+        assert node.wait_texts(1, 5)[-1].id == 0x11110001
+        for client in (b, c):
+            echo = client.read_until(lambda m: text_from(m, OWN, "from the app"))
+            assert echo.packet.id == 0x11110001
+        # The bot's reply shows to every client as the own node's packet; /status counts them.
+        node.user_text(ALICE, "/status")
+        replies = node.wait_texts(2, 10)
+        assert replies[-1].text.endswith("3 API clients"), replies[-1].text
+        for client in (a, b, c):
+            client.read_until(lambda m: text_from(m, OWN, replies[-1].text))
+        assert not any(text_from(m, OWN, "from the app") for m in a.frames)
+        assert bot.status_line().endswith("3 API clients")
+
+        # Admin under 'read': a get passes and its answer goes to the asker only; a set is refused.
+        a.packet(OWN, portnum=ADMIN, payload=admin_pb2.AdminMessage(get_device_metadata_request=True).SerializeToString(), packet_id=0x22220001)
+        answer = a.read_until(lambda m: m.HasField("packet") and m.packet.decoded.request_id == 0x22220001)
+        assert admin_pb2.AdminMessage.FromString(answer.packet.decoded.payload).HasField("get_device_metadata_response")
+        b.packet(OWN, portnum=ADMIN, payload=admin_pb2.AdminMessage(reboot_seconds=5).SerializeToString(), packet_id=0x22220002)
+        nak = b.read_until(lambda m: m.HasField("packet") and m.packet.decoded.request_id == 0x22220002)
+        assert nak.packet.decoded.portnum == ROUTING
+        assert mesh_pb2.Routing.FromString(nak.packet.decoded.payload).error_reason == mesh_pb2.Routing.Error.NOT_AUTHORIZED
+        node.user_text(BOB, "marker")
+        b.read_until(lambda m: text_from(m, BOB, "marker"))
+        assert not any(m.packet.decoded.request_id == 0x22220001 for m in b.frames)
+
+        # The node DB stays current: a node first heard now is in later handshakes.
+        dave = mesh_pb2.MeshPacket(to=0xFFFFFFFF, id=0x44440001, rx_time=int(time.time()), rx_snr=5.0, hop_start=3, hop_limit=2)
+        setattr(dave, "from", 0x1A2B3C09)
+        dave.decoded.portnum = portnums_pb2.PortNum.NODEINFO_APP
+        dave.decoded.payload = mesh_pb2.User(id="!1a2b3c09", long_name="Dave", short_name="DAVE").SerializeToString()
+        node.deliver(dave)
+        a.read_until(lambda m: m.packet.id == 0x44440001)
+        later = {m.node_info.num: m.node_info for m in c.handshake(69421) if m.HasField("node_info")}
+        assert later[0x1A2B3C09].user.long_name == "Dave" and later[0x1A2B3C09].hops_away == 1
+
+        # `disconnect` closes that client only.
+        c.send(disconnect=True)
+        assert c.closed_by_peer()
+        wait_until(lambda: bot.share is not None and bot.share.client_count() == 2, 5)
+        assert node.counters.connections == 1
+    finally:
+        for client in (a, b, c):
+            client.close()
+
+
+def test_client_texts_paced_with_the_bots_and_ahead_of_its_replies(start_bot: Callable[..., Bot]) -> None:
+    with SimulatedNode(text_rate_limit_s=2.0) as node:
+        bot, port = start_shared(start_bot, node, MIN_TEXT_INTERVAL_S=2.2)
+        client = RawClient(port)
+        try:
+            client.handshake()
+            client.packet(0xFFFFFFFF, "app 1", packet_id=0x33330001)
+            node.wait_texts(1, 5)
+            node.user_text(ALICE, "/ping")
+            wait_until(lambda: bot.sender.stats().queued == 1, 5)  # the pong waits its turn
+            for i in range(2, 5):  # a tight loop
+                client.packet(0xFFFFFFFF, f"app {i}", packet_id=0x33330000 + i)
+            texts = node.wait_texts(5, 20)
+            assert [t.text for t in texts[:4]] == ["app 1", "app 2", "app 3", "app 4"]
+            assert texts[4].text.startswith("pong")
+            gaps = [later.at - earlier.at for earlier, later in zip(texts, texts[1:])]
+            assert min(gaps) >= 2.0, gaps
+            assert node.counters.rate_limited == 0
+        finally:
+            client.close()
+
+
+def test_misbehaving_clients_are_dropped_alone(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
+    bot, port = start_shared(start_bot, node)
+    good = RawClient(port)
+    slow = RawClient(port, rcvbuf=4096)
+    garbage, oversized, flood = RawClient(port), RawClient(port), RawClient(port)
+    try:
+        good.handshake()
+        slow.handshake()  # then never reads again
+        garbage.write(b"")  # nothing framed at all:
+        garbage.sock.sendall(b"GET / HTTP/1.1\r\nHost: meshbot\r\n\r\n" * 64)
+        oversized.sock.sendall(b"\x94\xc3" + struct.pack(">H", 600) + bytes(600))
+        for _ in range(250):
+            flood.send(heartbeat=mesh_pb2.Heartbeat())
+        for client in (garbage, oversized, flood):
+            assert client.closed_by_peer(), client
+
+        # The mesh gets busy; the slow client's buffer fills and it is dropped, the rest go on.
+        batch = [node.user_packet(BOB, f"chatter {i} " + "x" * 150) for i in range(500)]
+        deadline = time.monotonic() + 20
+        while bot.share is not None and bot.share.client_count() > 1 and time.monotonic() < deadline:
+            node.deliver_many(batch)
+            ping_answered(node)
+            good.read_until(lambda m: text_from(m, OWN, node.texts[-1].text), timeout=10)
+        assert bot.share is not None and bot.share.client_count() == 1
+        node.user_text(ALICE, "still here")
+        good.read_until(lambda m: text_from(m, ALICE, "still here"), timeout=10)
+        assert node.counters.connections == 1
+    finally:
+        for client in (good, slow, garbage, oversized, flood):
+            client.close()
+
+
+def test_clients_closed_and_refused_while_the_node_is_down(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
+    bot, port = start_shared(start_bot, node)
+    first, second = RawClient(port), RawClient(port)
+    try:
+        first.handshake()
+        second.handshake()
+        node.stop_listening(1.5)
+        assert first.closed_by_peer() and second.closed_by_peer()
+        with pytest.raises(ConnectionRefusedError):
+            RawClient(port)
+        # Back: accepted again, with the node's config from the new handshake.
+        assert node.wait_connected(10, handshakes=2)
+        again = wait_until(lambda: _connect(port), 10)
+        try:
+            assert any(m.HasField("my_info") for m in again.handshake())
+            # A client that sends nothing for the idle timeout is closed, as the firmware does.
+            assert bot.share is not None
+            bot.share.idle_timeout_s = 0.5
+            assert again.closed_by_peer()
+        finally:
+            again.close()
+        assert node.counters.connections == 2  # the bot's own reconnect, nothing else
+    finally:
+        first.close()
+        second.close()
+
+
+def _connect(port: int) -> Optional[RawClient]:
+    try:
+        return RawClient(port)
+    except ConnectionRefusedError:
+        return None

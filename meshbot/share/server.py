@@ -85,6 +85,7 @@ class ApiServer:
         self._free, self._maxlen = 16, 16  # the node's TX queue, from its last queueStatus
         self._socket: Optional[socket.socket] = None  # bound; listening while `_listening`
         self._listening = False
+        self._stale = False  # stopped listening; the accept thread replaces the socket
         self._last_bind_try = -_REBIND_EVERY_S
         self._bind_error = ""
         self.port: Optional[int] = None  # the bound port (API_LISTEN may say 0 in tests)
@@ -127,6 +128,8 @@ class ApiServer:
                         conn, peer = sock.accept()
                     except socket.timeout:
                         pass
+                    except OSError:
+                        pass  # stopped listening meanwhile (the link went down)
                     else:
                         self._admit(conn, peer)
                 self._close_idle()
@@ -136,29 +139,32 @@ class ApiServer:
 
     def _reconcile(self) -> None:
         """Listen exactly while the link is up and the node's config is known."""
-        want = self._link_up and self.snapshot.complete
-        if want and not self._listening:
-            if self._socket is None and not self._bind():
-                return
-            assert self._socket is not None
-            self._socket.listen(self._max_clients)
-            self._listening = True
-            log.info("serving the node's API on %s (API_ADMIN = %r)", self.listen_address, self._admin_mode)
-        elif not want and self._listening:
-            self._close_socket()
-            self._bind()  # held but not listening: a connect is refused at once
-            log.info("not serving the node's API on %s while the link is down", self.listen_address)
+        with self._lock:
+            if self._stale:
+                # Stopped listening when the link went down: a socket cannot listen again
+                # after that, so hold the port with a new one, bound but not listening.
+                self._stale = False
+                self._close_socket()
+                self._bind()
+            if self._link_up and self.snapshot.complete and not self._listening:
+                if self._socket is None and not self._bind():
+                    return
+                assert self._socket is not None
+                self._socket.listen(self._max_clients)
+                self._listening = True
+                log.info("serving the node's API on %s:%s (API_ADMIN = %r)", self._host, self.port, self._admin_mode)
 
     def _bind(self) -> bool:
         now = time.monotonic()
         if self._socket is not None:
             return True
-        if now - self._last_bind_try < _REBIND_EVERY_S:
-            return False
+        if self._bind_error and now - self._last_bind_try < _REBIND_EVERY_S:
+            return False  # failed lately: the port is someone else's for now
         self._last_bind_try = now
         try:
+            # The port got the first time (API_LISTEN may say 0): clients come back to it.
             family, kind, proto, _, address = socket.getaddrinfo(
-                self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                self._host, self.port or self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
             sock = socket.socket(family, kind, proto)
             try:
@@ -281,7 +287,19 @@ class ApiServer:
     # --- the link (library threads: only hand over) -------------------------------------------
     def link_changed(self, status: LinkStatus) -> None:
         up = status.state is LinkState.UP
-        self._link_up = up
+        with self._lock:
+            self._link_up = up
+            if not up and self._listening and self._socket is not None:
+                # Refuse new clients at once, as a node that is off does: SHUT_RD stops a
+                # listening socket (and resets connections waiting in its backlog) without
+                # closing the descriptor the accept thread is using.
+                try:
+                    self._socket.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+                self._listening = False
+                self._stale = True
+                log.info("not serving the node's API on %s while the link is down", self.listen_address)
         if not up:
             for session in self._sessions:
                 session.close("link to the node is down")

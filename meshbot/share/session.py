@@ -87,14 +87,24 @@ class ClientSession:
             self.send(data)
 
     def send_handshake(self, data: bytes) -> None:
-        """Queue a config handshake and from then on the node's traffic (whatever its size)."""
+        """Queue a config handshake and from then on the node's traffic.
+
+        A handshake may pass the buffer's bound (a large node DB), but only into a buffer
+        under it: a client asking again and again without reading is dropped.
+        """
+        overflow = False
         with self._cond:
             if self.closed:
                 return
-            self._out.append(data)
-            self._out_size += len(data)
-            self.ready = True
-            self._cond.notify()
+            if self._out_size > MAX_SEND_BUFFER:
+                overflow = True
+            else:
+                self._out.append(data)
+                self._out_size += len(data)
+                self.ready = True
+                self._cond.notify()
+        if overflow:
+            self.close(f"not reading (over {MAX_SEND_BUFFER // 1024} KB waiting)")
 
     def close(self, reason: str) -> None:
         """End the session (first reason wins); both threads wake and finish."""
