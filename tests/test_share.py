@@ -197,9 +197,13 @@ def test_meshtastic_cli_through_the_bot(node: SimulatedNode, start_bot: Callable
 
 
 def test_three_clients_handshakes_traffic_echo_and_admin(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
-    bot, port = start_shared(start_bot, node)
+    bot, port = start_shared(start_bot, node, API_MAX_CLIENTS=3)
     a, b, c = RawClient(port), RawClient(port), RawClient(port)
     try:
+        wait_until(lambda: bot.share is not None and bot.share.client_count() == 3, 5)
+        fourth = RawClient(port)  # over API_MAX_CLIENTS: closed at once
+        assert fourth.closed_by_peer()
+        fourth.close()
         # The firmware's order; 69420: no other nodes; 69421: node infos only.
         kinds = [m.WhichOneof("payload_variant") for m in a.handshake(1234)]
         assert kinds[:3] == ["my_info", "node_info", "metadata"]

@@ -276,7 +276,9 @@ class MessageSender:
         with self._cond:
             self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
-        if item.to == BROADCAST_NUM and self._own_broadcasts is not None:
+        # A client's text is a person's, not the bot's: a user sending the same words (a
+        # command, say) must not be taken for an echo of it.
+        if item.to == BROADCAST_NUM and self._own_broadcasts is not None and not item.from_client:
             # Before the write: the node may put it on the air, and an echo may come back,
             # before its verdict reaches this thread.
             self._own_broadcasts.add(item.text)

@@ -17,7 +17,6 @@ from meshtastic.protobuf import admin_pb2, mesh_pb2, portnums_pb2
 ADMIN_PORT = portnums_pb2.PortNum.ADMIN_APP
 _VARIANTS = admin_pb2.AdminMessage.DESCRIPTOR.oneofs_by_name["payload_variant"].fields
 READ_ONLY = frozenset(f.name for f in _VARIANTS if f.name.startswith("get_") and f.name.endswith("_request"))
-MODES = ("read", "full", "none")
 
 
 def admin_refusal(packet: mesh_pb2.MeshPacket, mode: str) -> Optional[str]:
