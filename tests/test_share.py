@@ -22,6 +22,8 @@ import pytest
 from meshtastic.protobuf import admin_pb2, mesh_pb2, portnums_pb2
 
 from meshbot.app import Bot
+from meshbot.share.framing import frame
+from meshbot.share.handshake import NodeSnapshot
 from meshbot.sim.node import SentText, SimulatedNode
 from tests.conftest import wait_until
 
@@ -138,7 +140,7 @@ def cli(port: int, *args: str) -> subprocess.CompletedProcess:
 def start_shared(start_bot: Callable[..., Bot], node: SimulatedNode, **settings: Any) -> tuple[Bot, int]:
     bot = start_bot(node, API_LISTEN="127.0.0.1:0", **settings)
     assert bot.share is not None
-    wait_until(lambda: bot.share is not None and bot.share.client_count() == 0 and bot.share._listening, 10)
+    wait_until(lambda: bot.share is not None and bot.share.client_count() == 0 and bot.share.listening, 10)
     assert bot.share.port
     return bot, bot.share.port
 
@@ -275,7 +277,7 @@ def test_three_clients_handshakes_traffic_echo_and_admin(node: SimulatedNode, st
 
 def test_client_texts_paced_with_the_bots_and_ahead_of_its_replies(start_bot: Callable[..., Bot]) -> None:
     with SimulatedNode(text_rate_limit_s=2.0) as node:
-        bot, port = start_shared(start_bot, node, MIN_TEXT_INTERVAL_S=2.2)
+        bot, port = start_shared(start_bot, node, MIN_TEXT_INTERVAL_S=2.5)  # the default
         client = RawClient(port)
         try:
             client.handshake()
@@ -359,3 +361,41 @@ def _connect(port: int) -> Optional[RawClient]:
         return RawClient(port)
     except ConnectionRefusedError:
         return None
+
+
+def test_handshake_order_and_special_nonces() -> None:
+    """The firmware's order, with the frames the simulated node does not send (deviceuiConfig,
+    the file manifest), from a handshake recorded frame by frame."""
+    recorded = [
+        mesh_pb2.FromRadio(my_info=mesh_pb2.MyNodeInfo(my_node_num=OWN)),
+        mesh_pb2.FromRadio(deviceuiConfig={"screen_brightness": 7}),
+        mesh_pb2.FromRadio(node_info=mesh_pb2.NodeInfo(num=OWN)),
+        mesh_pb2.FromRadio(metadata=mesh_pb2.DeviceMetadata(firmware_version="2.7.13")),
+        mesh_pb2.FromRadio(channel={"index": 1}),
+        mesh_pb2.FromRadio(channel={"index": 0}),
+        mesh_pb2.FromRadio(config={"lora": {"hop_limit": 3}}),
+        mesh_pb2.FromRadio(moduleConfig={"mqtt": {}}),
+        mesh_pb2.FromRadio(node_info=mesh_pb2.NodeInfo(num=ALICE)),
+        mesh_pb2.FromRadio(fileInfo={"file_name": "/prefs/db.proto"}),
+        mesh_pb2.FromRadio(config_complete_id=99),
+    ]
+    snapshot = NodeSnapshot()
+    assert snapshot.compose(1) is None
+    for message in recorded:
+        snapshot.note_frame(message, message.WhichOneof("payload_variant") or "")
+
+    def kinds(nonce: int) -> list[str]:
+        data = snapshot.compose(nonce)
+        assert data is not None
+        out = []
+        while data:
+            length = struct.unpack(">H", data[2:4])[0]
+            out.append(mesh_pb2.FromRadio.FromString(data[4 : 4 + length]).WhichOneof("payload_variant"))
+            assert frame(data[4 : 4 + length]) == data[: 4 + length]
+            data = data[4 + length :]
+        return out
+
+    full = ["my_info", "deviceuiConfig", "node_info", "metadata", "channel", "channel", "config", "moduleConfig"]
+    assert kinds(7) == full + ["node_info", "fileInfo", "config_complete_id"]
+    assert kinds(69420) == full + ["fileInfo", "config_complete_id"]
+    assert kinds(69421) == ["node_info", "node_info", "config_complete_id"]

@@ -115,6 +115,11 @@ class ApiServer:
     def client_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def listening(self) -> bool:
+        """Whether clients are accepted now (the link is up and the node's config known)."""
+        return self._listening
+
     # --- the accept thread -----------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
