@@ -335,6 +335,7 @@ def test_clients_closed_and_refused_while_the_node_is_down(node: SimulatedNode, 
     try:
         first.handshake()
         second.handshake()
+        node.long_name = "renamed while rebooting"
         node.stop_listening(1.5)
         assert first.closed_by_peer() and second.closed_by_peer()
         with pytest.raises(ConnectionRefusedError):
@@ -343,7 +344,9 @@ def test_clients_closed_and_refused_while_the_node_is_down(node: SimulatedNode, 
         assert node.wait_connected(10, handshakes=2)
         again = wait_until(lambda: _connect(port), 10)
         try:
-            assert any(m.HasField("my_info") for m in again.handshake())
+            # The node's config from the new handshake, not the old one.
+            own = [m.node_info for m in again.handshake() if m.HasField("node_info") and m.node_info.num == OWN]
+            assert own[0].user.long_name == "renamed while rebooting"
             # A client that sends nothing for the idle timeout is closed, as the firmware does.
             assert bot.share is not None
             bot.share.idle_timeout_s = 0.5
