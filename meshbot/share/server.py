@@ -27,7 +27,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
@@ -62,6 +62,25 @@ _SNAPSHOT_KINDS = frozenset(
 )
 
 
+class _LinkWatch:
+    """The server's link observer: only the link's state matters to it. The frame tap sees
+    the queueStatus and routing frames themselves, so every other report is ignored,
+    whatever its name and arguments."""
+
+    def __init__(self, on_change: Callable[[LinkStatus], None]) -> None:
+        self._on_change = on_change
+
+    def link_changed(self, status: LinkStatus) -> None:
+        self._on_change(status)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
 class ApiServer:
     """Listens on API_LISTEN while the link is up; one ClientSession per client."""
 
@@ -93,7 +112,7 @@ class ApiServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
         link.frame_tap = self._on_frame
-        link.add_observer(self)
+        link.add_observer(_LinkWatch(self.link_changed))
         sender.text_sent_listener = self._on_text_sent
 
     # --- public ---------------------------------------------------------------------------
@@ -308,12 +327,6 @@ class ApiServer:
         if not up:
             for session in self._sessions:
                 session.close("link to the node is down")
-
-    def queue_status(self, packet_id: int, res: int) -> None:
-        """The frame tap sees the queueStatus frames themselves."""
-
-    def routing_error(self, request_id: int, reason: int) -> None:
-        """The frame tap sees the routing packets themselves."""
 
     def _on_frame(self, raw: bytes, message: mesh_pb2.FromRadio) -> None:
         """Every FromRadio frame from the node, on the library's reader thread."""
