@@ -51,6 +51,7 @@ MAX_PENDING_TEXTS = 8
 # Packet ids remembered to route the node's answers (queueStatus, admin responses) back.
 _OWNED_IDS = 4096
 _POLL_S = 0.2
+_KERNEL_SNDBUF = 64 * 1024
 _REBIND_EVERY_S = 5.0
 # The firmware's ErrorCode for "not queued" in a queueStatus (ERRNO_UNKNOWN).
 _ERRNO_UNKNOWN = 32
@@ -229,6 +230,9 @@ class ApiServer:
         conn.settimeout(None)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # A fixed kernel buffer (no autotuning up to megabytes): with the session's own
+        # bound, what a client that stops reading can hold is known.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _KERNEL_SNDBUF)
         session = ClientSession(conn, address, self)
         with self._lock:
             self._sessions = self._sessions + (session,)
