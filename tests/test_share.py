@@ -2,9 +2,9 @@
 CLI and raw protocol clients talk to the bot, which talks to the simulated node over its
 one connection.
 
-The simulated node must answer a want_ack DM with an ACK from the destination; until it
-does by itself, `_ack_dms` plays the destination (ROUTING_APP, error NONE, request_id = the
-DM's id, from the destination user), exactly as the real firmware delivers it.
+The simulated node must answer a want_ack DM with an ACK from the destination, as the real
+firmware delivers it (ROUTING_APP, error NONE, request_id = the DM's id, from the
+destination user). A simulated node too old to do so gets `_ack_dms` to play the destination.
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def text_from(message: mesh_pb2.FromRadio, sender: int, text: str) -> bool:
 
 def _ack_dms(node: SimulatedNode) -> None:
     """Play the destination of want_ack DMs: its ACK reaches the node's client (see the module doc)."""
+    if hasattr(node, "ack_delay_s"):
+        return  # the simulated node acknowledges DMs itself
 
     def on_text(sent: SentText) -> None:
         if sent.want_ack and sent.to in node.users:
