@@ -25,8 +25,8 @@ RECONNECT_MAX_S = 5.0
 CONTENTION_BACKOFF_S = 60.0
 
 # --- Sending ---------------------------------------------------------------
-# Least time between two texts (the firmware drops texts < 2 s apart). Expected: a number from 0 to 600.
-MIN_TEXT_INTERVAL_S = 2.5
+# Your own least time between two texts, on top of the firmware's 2 s limit, which the bot always keeps on firmware 2.7 and later (counted as the node sees it). Expected: a number from 0 to 600.
+MIN_TEXT_INTERVAL_S = 0.0
 # Also wait the previous text's time on air (from the node's LoRa preset). Expected: True or False.
 PACE_BY_AIRTIME = True
 # Largest text, in bytes of UTF-8. Expected: an integer from 40 to 228.
@@ -37,6 +37,12 @@ MAX_CHUNKS = 4
 OUTBOX_TTL_S = 300.0
 # Most texts waiting to be sent; past it the oldest is dropped. Expected: an integer from 1 to 10000.
 OUTBOX_MAX = 50
+# A DM nobody acknowledged (ACK or NAK) within this long counts as unconfirmed. Expected: a number from 1 to 3600.
+DM_ACK_TIMEOUT_S = 60.0
+# Times a DM whose delivery failed (NAK) is sent again with a new id (0: never). Expected: an integer from 0 to 5.
+DM_RETRIES = 1
+# Wait after a failed DM before sending it again. Expected: a number from 1 to 3600.
+DM_RETRY_DELAY_S = 30.0
 
 # --- Receiving -------------------------------------------------------------
 # Worker threads running command handlers. Expected: an integer from 1 to 64.

@@ -15,9 +15,10 @@ def status(ctx: CommandContext) -> Optional[str]:
     link = services.link.status
     out = services.sender.stats()
     uptime = format_age(time.monotonic() - services.stats.started_at)
+    dms = out.dms
     return (
         f"up {uptime}, link {link.state.value} ({counted(link.reconnects, 'reconnect')}), texts sent {out.sent}, queued {out.queued}, "
-        f"dropped {out.dropped}, commands {services.stats.commands}"
+        f"dropped {out.dropped}, commands {services.stats.commands}, DMs 24h: {dms.delivered} delivered, {dms.failed} failed"
     )
 
 

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 EX_CONFIG = 78
 _KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-# The firmware drops a text that comes less than 2 s after the previous one.
+# Firmware 2.7.0 and later drops a text that comes less than 2 s after the previous one
+# it accepted from the same client (PhoneAPI), without telling the client.
 FIRMWARE_TEXT_INTERVAL_S = 2.0
 
 
@@ -249,7 +250,12 @@ class Settings:
     )
     # --- sending ---------------------------------------------------------------------
     MIN_TEXT_INTERVAL_S: float = _key(
-        2.5, float, "Least time between two texts (the firmware drops texts < 2 s apart).", low=0, high=600
+        0.0,
+        float,
+        "Your own least time between two texts, on top of the firmware's 2 s limit, which the bot always keeps on"
+        " firmware 2.7 and later (counted as the node sees it).",
+        low=0,
+        high=600,
     )
     PACE_BY_AIRTIME: bool = _key(
         True, bool, "Also wait the previous text's time on air (from the node's LoRa preset)."
@@ -261,6 +267,15 @@ class Settings:
     )
     OUTBOX_MAX: int = _key(
         50, int, "Most texts waiting to be sent; past it the oldest is dropped.", low=1, high=10000
+    )
+    DM_ACK_TIMEOUT_S: float = _key(
+        60.0, float, "A DM nobody acknowledged (ACK or NAK) within this long counts as unconfirmed.", low=1, high=3600
+    )
+    DM_RETRIES: int = _key(
+        1, int, "Times a DM whose delivery failed (NAK) is sent again with a new id (0: never).", low=0, high=5
+    )
+    DM_RETRY_DELAY_S: float = _key(
+        30.0, float, "Wait after a failed DM before sending it again.", low=1, high=3600
     )
     # --- receiving -------------------------------------------------------------------
     HANDLER_THREADS: int = _key(4, int, "Worker threads running command handlers.", low=1, high=64)
@@ -407,10 +422,10 @@ def _check_together(s: Settings, *, demo: bool) -> None:
             f"LINK_TIMEOUT_S = {s.LINK_TIMEOUT_S:g}: expected a number > PROBE_INTERVAL_S ({s.PROBE_INTERVAL_S:g}),"
             " or a healthy link would be declared dead between two probes"
         )
-    if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S or s.MIN_TEXT_INTERVAL_S == 0:
-        log.warning(
-            "MIN_TEXT_INTERVAL_S = %g is under the firmware's 2 s text limit; "
-            "a real node will reject texts and the bot will resend them",
+    if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S:
+        log.info(
+            "MIN_TEXT_INTERVAL_S = %g is under the firmware's 2 s text limit: it applies to firmware older than "
+            "2.7 only; on 2.7 and later the bot keeps texts 2 s apart anyway (the node would refuse them silently)",
             s.MIN_TEXT_INTERVAL_S,
         )
 
