@@ -47,7 +47,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
-from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, error_name
+from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)
@@ -212,11 +212,6 @@ class MessageSender:
     def routing(self, request_id: int, reason: int, sender: int) -> None:
         """A ROUTING_APP packet naming one of our packets: an ACK, a NAK, or a refusal."""
         with self._cond:
-            if self._delivery.on_routing(request_id, reason, sender, time.monotonic()):
-                self._cond.notify_all()  # a retry may now be due
-                return
-            if not reason:
-                return  # an ACK for something not tracked (a broadcast's implicit ACK)
             if reason == _RATE_LIMITED:
                 if request_id == self._inflight_id:
                     self._inflight_rate_limited = True
@@ -230,6 +225,12 @@ class MessageSender:
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
                     return
+            verdict = self._delivery.on_routing(request_id, reason, sender, time.monotonic())
+            if verdict is Verdict.HANDLED:
+                self._cond.notify_all()  # a retry may now be due
+                return
+            if not reason:
+                return  # an ACK nobody waits for (a broadcast's implicit ACK)
             label = self._recent_ids.get(request_id)
             if label is None and request_id == self._inflight_id:
                 label = self._inflight_label  # its queueStatus is not processed yet
