@@ -13,7 +13,8 @@ once. One thread, the outbox's, drains the queue in order, one text at a time:
   sent again after the reconnect with the *same* id, so a node that did get it ignores
   the copy (it drops ids it saw among the client's last 20);
 * texts older than `OUTBOX_TTL_S` and the oldest beyond `OUTBOX_MAX` are dropped, each
-  with a WARNING: nothing is lost silently.
+  with a WARNING: nothing is lost silently. A flood of them (a burst of commands, a
+  node whose duty cycle is spent) is told in one line a minute per kind, with a count.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
 from meshbot.link.interface import LinkLost, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
+from meshbot.logs import RepeatedWarning
 from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,12 @@ class MessageSender:
         self._sent = self._dropped = self._resent = 0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
+        # Warnings that a flood of commands can make once per text: one line a minute each.
+        self._full_warning = RepeatedWarning(log, "outbox full: dropped {count} more texts in the last {seconds} s")
+        self._expired_warning = RepeatedWarning(
+            log, "dropped {count} more texts not sent within OUTBOX_TTL_S in the last {seconds} s"
+        )
+        self._refused_warning = RepeatedWarning(log, "the node could not send {count} more texts in the last {seconds} s")
         link.add_observer(self)
 
     # --- public ----------------------------------------------------------------------------
@@ -128,7 +136,9 @@ class MessageSender:
             while len(self._queue) > self._settings.OUTBOX_MAX:
                 oldest = self._queue.popleft()
                 self._dropped += 1
-                log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
+                self._full_warning.log(
+                    "outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label()
+                )
             self._cond.notify_all()
         return len(chunks)
 
@@ -155,6 +165,8 @@ class MessageSender:
             left = len(self._queue)
         if left:
             log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
+        for warning in (self._full_warning, self._expired_warning, self._refused_warning):
+            warning.flush()  # what was counted is told now, not lost with the process
 
     # --- events from the link (library threads: only record and notify) ---------------------
     def link_changed(self, status: LinkStatus) -> None:
@@ -189,7 +201,7 @@ class MessageSender:
             return
         if reason in _OPERATOR_ERRORS:
             # The node refused to put it on the air: the operator may need to act.
-            log.warning("the node could not send %s: %s", label, reason_name)
+            self._refused_warning.log("the node could not send %s: %s", label, reason_name)
         else:
             # Delivery trouble on the mesh (a DM not acknowledged): the firmware retried already.
             log.info("node reports %s for %s", reason_name, label)
@@ -345,7 +357,7 @@ class MessageSender:
         for item in self._queue:
             if now - item.created > ttl:
                 self._dropped += 1
-                log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
+                self._expired_warning.log("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
             else:
                 kept.append(item)
         self._queue = kept
