@@ -132,10 +132,10 @@ class RepeatedWarning:
         with self._lock:
             over = self._window_start is None or now - self._window_start >= self._interval_s
             if over and self._count:
-                # The timer is late (a busy machine): tell the count now, and count this event
-                # in the interval that summary opens.
+                # The timer is late (a busy machine): this event joins the count, told now.
+                self._count += 1
                 self._emit_summary_locked(now)
-                over = False
+                return
             if over:
                 self._window_start = now
                 self._logger.log(self._level, msg, *args, stacklevel=2)  # the caller's file and line
