@@ -51,7 +51,11 @@ class Bot:
         self.weather = WeatherClient(settings)
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
         self.router = Router(self.services, own_broadcasts)
-        zone, zone_name = resolve_zone(settings.TIMEZONE)
+        # The zone matters only to 'at' entries: without any, the system is not asked.
+        if any(entry.at is not None for entry in settings.SCHEDULED_BROADCASTS):
+            zone, zone_name = resolve_zone(settings.TIMEZONE)
+        else:
+            zone, zone_name = None, ""
         self.scheduler = Scheduler(
             settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
         )

@@ -20,7 +20,7 @@ Why it is built this way:
   ids must not spend it for the rest of the day. Past it, a fresh cached answer is used
   as always, an old one is served marked by its age, and otherwise the user is told the
   service is busy (`ServiceBusy`); no request is made. The rolling window is counted in
-  one-minute buckets (1440 numbers, whatever the quota), so a request counts for 24 h
+  one-minute buckets (1441 numbers, whatever the quota), so a request counts for 24 h
   to 24 h plus a minute: never more than the quota in any 24 hours.
 * **Honest errors.** Three kinds, each one short text for the user and one WARNING
   line (with the URL, its secrets redacted) in the log, at most one a minute when
@@ -503,7 +503,10 @@ class WeatherClient:
                     allowed = self._take_call_locked(self._clock())
                 if not allowed:
                     raise ServiceUnavailable(f"{exc} (no retry: WEATHER_MAX_CALLS_PER_DAY spent)") from None
-                log.debug("weather: GET %s: %s; retrying with %.1f s left", self._redact(_full_url(url, params)), self._redact(str(exc)), left)
+                log.debug(
+                    "weather: GET %s: %s; retrying with %.1f s left",
+                    self._redact(_full_url(url, params)), self._redact(str(exc)), left,
+                )
                 attempt += 1
                 continue
             try:
