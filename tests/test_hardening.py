@@ -15,14 +15,14 @@ import types
 
 import pytest
 
+import handlers
+from meshbot.app import Bot
 from meshbot.logs import JournalFormatter, RedactingFormatter, RepeatedWarning, redact_secrets, setup_logging
 from meshbot.router import clean_args, command
 from meshbot.sim.node import BROADCAST_NUM, DEFAULT_USERS, SimulatedNode, SimUser
 from meshbot.text import quote_command, split_text, starts_command, utf8_len
-from tests.conftest import wait_until
+from tests.conftest import settings_for, wait_until
 from tests.test_commands import ADMIN, ALICE, BOB, ask, quiet_for
-
-import handlers
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -58,9 +58,6 @@ def test_echo_of_a_command_does_not_start_with_a_slash(node, start_bot):
 def test_a_short_name_starting_with_a_slash_is_quoted_in_an_echo():
     slash = SimUser(0x1A2B3C09, "/bc", "slash user")
     with SimulatedNode(text_rate_limit_s=None, users=DEFAULT_USERS + (slash,)) as sim:
-        from meshbot.app import Bot
-        from tests.conftest import settings_for
-
         bot = Bot(settings_for(sim))
         bot.start()
         try:

@@ -15,14 +15,13 @@ import logging
 import subprocess
 import sys
 import zoneinfo
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 
-from meshbot.app import Bot
-from meshbot.config import ConfigError, ScheduledBroadcast, build_settings, parse_schedule
+from meshbot.config import ConfigError, build_settings, parse_schedule
 from meshbot.scheduler import UTC, Scheduler, next_occurrence, occurrence_on, resolve_zone
-from tests.conftest import ROOT, settings_for, wait_until
+from tests.conftest import ROOT, wait_until
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
