@@ -222,7 +222,8 @@ class CommandContext:
 class Router:
     """Decides what a received packet is and whom to answer. Runs on handler workers.
 
-    In order: not a text, our own, or no leading `/`: ignored. Seen already (same sender
+    In order: not a text, our own, or no leading `/`: ignored. A command this bot does not
+    have, on a channel: ignored (it may be another bot's). Seen already (same sender
     and packet id) or an echo of our own broadcast: ignored. Over the sender's rate
     limit: one notice, then silence. Then the command runs, if it exists and the
     sender may run it here.
