@@ -31,6 +31,8 @@ import time
 import zoneinfo
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
+import tzlocal
+
 from meshbot.config import ScheduledBroadcast
 from meshbot.health import LoopProgress
 
@@ -57,8 +59,6 @@ def system_zone() -> tuple[datetime.tzinfo, str]:
     UTC, and says so.
     """
     try:
-        import tzlocal
-
         zone = tzlocal.get_localzone()
         name = tzlocal.get_localzone_name() or str(zone)
     except Exception as exc:  # an unreadable or inconsistent system setting: not fatal
