@@ -18,6 +18,7 @@ import zoneinfo
 from typing import Any
 
 import pytest
+import tzlocal
 
 from meshbot.config import ConfigError, build_settings, parse_schedule
 from meshbot.scheduler import UTC, Scheduler, next_occurrence, occurrence_on, resolve_zone
@@ -281,7 +282,6 @@ def test_a_bad_timezone_exits_78_with_one_line(tmp_path):
 
 
 def test_the_system_zone_is_the_named_zone_not_a_fixed_offset(monkeypatch):
-    tzlocal = pytest.importorskip("tzlocal")
     monkeypatch.setenv("TZ", "America/New_York")
     tzlocal.reload_localzone()
     try:
