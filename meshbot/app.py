@@ -18,7 +18,7 @@ from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
-from meshbot.scheduler import Scheduler
+from meshbot.scheduler import Scheduler, resolve_zone
 from meshbot.outbox.sender import MessageSender
 from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
@@ -51,7 +51,14 @@ class Bot:
         self.weather = WeatherClient(settings)
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
         self.router = Router(self.services, own_broadcasts)
-        self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
+        # The zone matters only to 'at' entries: without any, the system is not asked.
+        if any(entry.at is not None for entry in settings.SCHEDULED_BROADCASTS):
+            zone, zone_name = resolve_zone(settings.TIMEZONE)
+        else:
+            zone, zone_name = None, ""
+        self.scheduler = Scheduler(
+            settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
+        )
         self.stall_limit_s = stall_limit_s(settings)
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:

@@ -16,9 +16,12 @@ import difflib
 import logging
 import re
 import runpy
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
+
+from meshbot.logs import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +202,30 @@ def parse_serial_port(value: Any) -> str:
 def parse_http_url(value: Any) -> str:
     """An API URL: http:// or https:// and a host (tests point these at 127.0.0.1)."""
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        # The exit-78 line must not print a key the operator put in the URL.
+        raise ValueError(f"expected an http:// or https:// URL, got {redact_secrets(repr(value))}")
+    return value
+
+
+TIMEZONE_FORM = "an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone"
+
+
+def parse_timezone(value: Any) -> str:
+    """TIMEZONE: '' (the system's zone, resolved when the scheduler starts) or a zone zoneinfo knows.
+
+    Checked here, so that a typo is an exit-78 line naming the key rather than a
+    schedule that silently runs in UTC.
+    """
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected {TIMEZONE_FORM}, got {value!r}")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, OSError, LookupError):  # not found, a directory, a path, not a TZif file
+        close = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{value!r} is not a time zone this system knows{hint}: expected {TIMEZONE_FORM}") from None
     return value
 
 
@@ -305,10 +331,18 @@ class Settings:
     SCHEDULED_BROADCASTS: tuple = _key(
         (),
         tuple,
-        "Broadcasts fired on a timetable (local time of the host).",
+        "Broadcasts fired on a timetable ('at' is a time of day in TIMEZONE).",
         parse=parse_schedule,
         form=_SCHEDULE_FORM,
         example="SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]",
+    )
+    TIMEZONE: str = _key(
+        "",
+        str,
+        "Time zone of the schedule's 'at' times, daylight saving time included ('': the system's zone, from /etc/localtime).",
+        parse=parse_timezone,
+        form=TIMEZONE_FORM,
+        example="TIMEZONE = 'Europe/Paris'",
     )
     # --- weather ---------------------------------------------------------------------
     WEATHER_API_URL: str = _key(
@@ -342,6 +376,14 @@ class Settings:
     )
     WEATHER_TIMEOUT_S: float = _key(
         8.0, float, "Longest wait for one weather or geocoding request, its one retry included.", low=0.1, high=60
+    )
+    WEATHER_MAX_CALLS_PER_DAY: int = _key(
+        5000,
+        int,
+        "Most HTTP requests to the weather and geocoding APIs in any 24 hours, all users together"
+        " (past it: cached answers, else 'busy').",
+        low=1,
+        high=1000000,
     )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
