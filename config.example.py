@@ -4,7 +4,7 @@
 # --- The node link ---------------------------------------------------------
 # How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port. Expected: one of 'tcp', 'serial'.
 CONNECTION = 'tcp'
-# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo). Expected: a string.
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo); '192.168.1.38:4403' sets NODE_PORT too. Expected: a hostname or IP like '192.168.1.38' or 'meshtastic.local', optionally with ':port'.
 NODE_HOST = ''
 # TCP port of the node's API. Expected: an integer from 1 to 65535.
 NODE_PORT = 4403
@@ -61,6 +61,9 @@ BROADCAST_CHANNEL = 0
 # Broadcasts fired on a timetable (local time of the host). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
 # e.g. SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]
 SCHEDULED_BROADCASTS = ()
+# Commands turned off, built-in or from a plugin, by name (an unknown name is a WARNING). Expected: a list of command names like ['bc', 'weather'].
+# e.g. DISABLED_COMMANDS = ['bc', 'echo']
+DISABLED_COMMANDS = ()
 
 # --- Weather ---------------------------------------------------------------
 # Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.
