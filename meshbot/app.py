@@ -6,8 +6,8 @@ run commands. The library adds its reader and publishing threads.
 
 from __future__ import annotations
 
-import logging
 import importlib.metadata
+import logging
 import time
 import types
 from typing import Any, Iterable, Optional, Sequence
