@@ -44,7 +44,7 @@ _OWN_PACKAGES = ("meshbot", "handlers")
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="meshbot", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=None, help="config file (default: ./config.py; --demo reads none)")
+    parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="config file (default: ./config.py; --demo reads none)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check-config", action="store_true", help="validate the config and exit (0 or 78)")
     mode.add_argument(
