@@ -13,7 +13,7 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Callable, Optional, Sequence, TextIO
 
 from meshbot.sim.node import BROADCAST_NUM, SentText, SimulatedNode
 
@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def _relay_stdin(node: SimulatedNode, say: Any) -> None:
+def _relay_stdin(node: SimulatedNode, say: Callable[[str], None]) -> None:
     """Each line of stdin becomes a text from the first user; EOF only ends the relay."""
     sender = next(iter(node.users.values()))
     for line in sys.stdin:
