@@ -4,7 +4,7 @@
 # --- The node link ---------------------------------------------------------
 # How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port. Expected: one of 'tcp', 'serial'.
 CONNECTION = 'tcp'
-# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo). Expected: a string.
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo); '192.168.1.38:4403' sets NODE_PORT too. Expected: a hostname or IP like '192.168.1.38' or 'meshtastic.local', optionally with ':port'.
 NODE_HOST = ''
 # TCP port of the node's API. Expected: an integer from 1 to 65535.
 NODE_PORT = 4403
@@ -70,6 +70,9 @@ SCHEDULED_BROADCASTS = ()
 # Time zone of the schedule's 'at' times, daylight saving time included ('': the system's zone, from /etc/localtime). Expected: an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone.
 # e.g. TIMEZONE = 'Europe/Paris'
 TIMEZONE = ''
+# Commands turned off, built-in or from a plugin, by name (an unknown name is a WARNING). Expected: a list of command names like ['bc', 'weather'].
+# e.g. DISABLED_COMMANDS = ['bc', 'echo']
+DISABLED_COMMANDS = ()
 
 # --- Weather ---------------------------------------------------------------
 # Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.

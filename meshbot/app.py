@@ -6,10 +6,11 @@ run commands. The library adds its reader and publishing threads.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import handlers
 from meshbot.config import ConfigError, Settings
@@ -17,6 +18,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
 from meshbot.outbox.sender import MessageSender
@@ -38,11 +40,11 @@ class Bot:
         *,
         interface_factory: Optional[InterfaceFactory] = None,
         modules: Sequence[types.ModuleType] = handlers.MODULES,
+        plugins: Optional[Iterable[importlib.metadata.EntryPoint]] = None,
     ) -> None:
+        """`modules`: the built-in commands; `plugins`: entry points (default: the installed ones)."""
         self.settings = settings
-        self.registry = CommandRegistry()
-        for module in modules:
-            self.registry.add_module(module)
+        self.registry: CommandRegistry = load_commands(modules, settings.DISABLED_COMMANDS, plugins)
         self.stats = BotStats()
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
         self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)

@@ -1,6 +1,6 @@
 """Logging set-up: journald priorities under systemd, timestamps on a terminal.
 
-Under systemd (`JOURNAL_STREAM` is set) every line starts with the syslog priority,
+When stderr is the journal (below) every line starts with the syslog priority,
 `<4>` for a WARNING, which journald strips and stores, so `journalctl -p warning`
 works; journald adds its own timestamp. A traceback gets the prefix on every line so
 it stays one entry's priority rather than turning into INFO lines.
@@ -15,6 +15,11 @@ Two rules hold for every line, whoever logs it:
 * **Repeats summarised.** A WARNING that input can trigger once per packet goes through a
   `RepeatedWarning`: the first one of a kind is logged at once, the next ones within
   `SUMMARY_INTERVAL_S` are counted and told in one line at the end of that minute.
+
+`JOURNAL_STREAM` alone does not mean stderr is the journal: it is inherited by every child
+of a service (a shell started from a unit, `systemd-run` with a pipe, a test runner under
+systemd). systemd documents the check: the variable holds the journal stream's
+`device:inode`, and stderr is that stream only if its fstat() says the same.
 """
 
 from __future__ import annotations
@@ -182,7 +187,7 @@ def setup_logging(level: str = "INFO", stream: Optional[TextIO] = None) -> None:
     """Configure the root logger once; safe to call again (handlers are replaced)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    if os.environ.get("JOURNAL_STREAM"):
+    if stream_is_journal(stream, os.environ.get("JOURNAL_STREAM", "")):
         handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(
@@ -199,6 +204,18 @@ def setup_logging(level: str = "INFO", stream: Optional[TextIO] = None) -> None:
     # The library logs every frame at DEBUG and link events at WARNING/ERROR; the bot
     # reports link events itself, once, in its own words. Its real errors still show.
     logging.getLogger("meshtastic").setLevel(logging.WARNING if level == "DEBUG" else logging.ERROR)
+
+
+def stream_is_journal(stream: TextIO, journal_stream: str) -> bool:
+    """True if `stream` is the journal stream named by $JOURNAL_STREAM ("device:inode")."""
+    device, sep, inode = journal_stream.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a StringIO), or closed
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
 class _ExpectedLibraryNoise(logging.Filter):

@@ -9,13 +9,14 @@ channel is answered on that channel, threaded to the command with `reply_id`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import types
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, cast
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import portnums_pb2
@@ -219,6 +220,25 @@ class CommandContext:
         return self.message.channel
 
 
+class _CountingSender:
+    """The sender as one handler call sees it: the same outbox, counting what the handler queues.
+
+    So that the command's log line tells every text the command cost, not only its reply.
+    """
+
+    def __init__(self, sender: "MessageSender") -> None:
+        self._sender = sender
+        self.queued = 0
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        texts = self._sender.send(*args, **kwargs)
+        self.queued += texts
+        return texts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sender, name)
+
+
 class Router:
     """Decides what a received packet is and whom to answer. Runs on handler workers.
 
@@ -265,6 +285,9 @@ class Router:
             log.info("ignored our own broadcast echoed back by !%08x", message.sender)
             return
         is_admin = self._authenticated_admin(message, is_dm)
+        # Every command counts for /status, the unknown, refused and rate-limited ones too:
+        # they are what the mesh asked of the bot.
+        services.stats.count_command()
         verdict = self._limiter.check(
             message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
         )
@@ -286,11 +309,12 @@ class Router:
                 reason = f"admin commands need {need}"
             else:
                 level, reason = logging.INFO, "not an admin node"
-            self._reply(message, is_dm, "not authorized", f"/{cmd.name} refused ({reason})", level)
+            self._reply(message, is_dm, "not authorized", f"/{name} refused ({reason})", level)
             return
         if not cmd.on_channel and not is_dm:
-            self._reply(message, is_dm, f"by DM only: /{cmd.name}", f"/{cmd.name} (DM only)")
+            self._reply(message, is_dm, f"by DM only: /{cmd.name}", f"/{name} (DM only)")
             return
+        sender = _CountingSender(services.sender)
         ctx = CommandContext(
             command=cmd,
             name_used=name,
@@ -299,11 +323,12 @@ class Router:
             sender_name=node_short_name(services.sender.get_interface(), message.sender),
             is_dm=is_dm,
             is_admin=is_admin,
-            services=services,
+            services=dataclasses.replace(services, sender=cast("MessageSender", sender)),
         )
         reply = self._run(ctx)
-        services.stats.count_command()
-        self._reply(message, is_dm, reply, f"/{cmd.name}")
+        # Logged under the name used (/forecast, not /weather), with the texts the handler
+        # queued itself (the /echo broadcast) counted with the reply's.
+        self._reply(message, is_dm, reply, f"/{name}", queued_by_handler=sender.queued)
 
     def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
         """The command a text like '/weather Lyon' names (or None), and its argument string."""
@@ -337,18 +362,25 @@ class Router:
         return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
 
     def _reply(
-        self, message: InboundText, is_dm: bool, reply: Optional[str], what: str, level: int = logging.INFO
+        self,
+        message: InboundText,
+        is_dm: bool,
+        reply: Optional[str],
+        what: str,
+        level: int = logging.INFO,
+        *,
+        queued_by_handler: int = 0,
     ) -> None:
         """Answer by DM to a DM, on the channel to a channel message, threaded to it; log one line.
 
         A reply never starts with `/` (it is quoted: `> /...`): another bot on the channel
         would run it as a command, whether the text is a help line or a user's words.
         """
-        texts = 0
+        texts = queued_by_handler
         if reply:
             reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
-            texts = self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+            texts += self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
         log.log(
             level,
             "%s from !%08x %s: %d text%s",
