@@ -503,6 +503,7 @@ class SimulatedNode:
         self._hung_until = 0.0
         self._hang_pending = False  # a hang began: regroup its backlog by connection at wake-up
         self._timers: Optional[_Timers] = None
+        self._outages = 0  # stop_listening()/reboot() calls: the last one listens again
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "SimulatedNode":
@@ -1232,10 +1233,14 @@ class SimulatedNode:
         The node keeps its state (see `reboot()` for a real reboot)."""
         self._close_listener()
         self.drop(rst=True)
+        with self._cond:
+            self._outages += 1
+            outage = self._outages
 
         def relisten() -> None:
             time.sleep(seconds)
-            if self._running:
+            # Only the latest outage opens the port again (two overlapping ones would bind twice).
+            if self._running and self._outages == outage:
                 self._listen()
 
         self._spawn(relisten, name="sim-relisten")
