@@ -1185,7 +1185,7 @@ class SimulatedNode:
     def log_line(self, text: str) -> None:
         """Debug log text outside any frame, as a node's serial console interleaves it."""
         client = self._client
-        if client is not None:
+        if client is not None and not self._hung():  # a hung node prints nothing either
             self._write(client, text.encode("utf-8") + b"\r\n")
 
     # --- observing -------------------------------------------------------------------------------
