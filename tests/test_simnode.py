@@ -480,3 +480,14 @@ def test_no_echo_by_default(make, connect):
     wait_until(lambda: node.tx_free == 16, 5)
     client.barrier()
     assert len(client.statuses(51)) == 1 and client.packets() == []
+
+
+def test_tx_time_zero_is_an_instant_radio(make, connect):
+    node = make(firmware_version="2.6.11", tx_time_s=0.0)
+    client = connect(node)
+    client.handshake()
+    for packet_id in range(1, 21):  # more than 16 slots' worth, back to back
+        client.send_packet(packet_id)
+    client.barrier()
+    assert [client.statuses(i)[0].free for i in range(1, 21)] == [16] * 20
+    assert len(node.texts) == 20
