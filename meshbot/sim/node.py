@@ -884,10 +884,6 @@ class SimulatedNode:
         packet.decoded.request_id = request_id
         return self._from_radio(packet=packet)
 
-    # Kept for callers of the old name.
-    def _routing_error(self, request_id: int, error: int) -> mesh_pb2.FromRadio:
-        return self._routing_packet(request_id, error)
-
     def _from_radio(self, **fields: object) -> mesh_pb2.FromRadio:
         return mesh_pb2.FromRadio(id=next(self._from_radio_ids), **fields)  # type: ignore[arg-type]
 
