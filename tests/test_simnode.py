@@ -409,7 +409,8 @@ def test_hang_then_connections_served_in_accept_order_first_gets_the_queue(make,
     old.wait_eof()
     assert len(old.statuses(0)) == 2  # after its handshake, and its heartbeat sent in the hang
     assert all(p.decoded.payload != b"during the hang" for p in second.packets() + old.packets())
-    assert node.connected and node.counters.connections == 3
+    wait_until(lambda: node.connected, 2)  # configured just after the last handshake frame went out
+    assert node.counters.connections == 3
 
 
 def test_hang_then_the_kept_connection_gets_the_queued_packets(make, connect):
