@@ -13,14 +13,12 @@ turn:
   stop 10 s    the node reboots: connection reset, refused for 10 s;
   silent 60 s  the node hangs for 60 s: socket open, nothing answered, new connections
                accepted but never configured (a wedged firmware or a dead Wi-Fi bridge);
-  rate limit   the node refuses the next two texts as firmware 2.7.13 does: a queueStatus
-               with res 0 that leaves `free` alone, and nothing else.
+  rate limit   the node refuses the next two texts with RATE_LIMIT_EXCEEDED.
 
-A command counts as expected once the node handed it to the bot (`SimulatedNode.on_handed`):
-like a real node, the simulated one keeps packets for a client that is away and writes
-them after the next handshake, so a command typed while the link is down counts when it
-reaches the bot. No command is sent within a second of a fault, so a lost reply means the
-bot lost it. Everything stays on 127.0.0.1.
+A command counts as expected when the node handed it to the bot (a real node queues
+packets for a client that is away; the simulated one does not, so commands typed while
+the link is down are not counted). No command is sent within a second of a fault, so a
+lost reply means the bot lost it. Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -84,7 +82,6 @@ class FaultRecord:
 @dataclass
 class Tally:
     sent: int = 0  # commands typed by users
-    typed: set[int] = field(default_factory=set)  # their packet ids
     expected: dict[int, float] = field(default_factory=dict)  # packet id -> when handed to the bot
 
 
@@ -92,8 +89,7 @@ class Soak:
     def __init__(self, minutes: float, command_every_s: float) -> None:
         self.minutes = minutes
         self.command_every_s = command_every_s
-        self.node = SimulatedNode(users=USERS)  # firmware 2.7.13: the 2 s text limit stays on
-        self.node.on_handed = self._handed
+        self.node = SimulatedNode(users=USERS)  # the firmware's 2 s text limit stays on
         self.tally = Tally()
         self.faults: list[FaultRecord] = []
         self.rss: list[float] = []
@@ -147,13 +143,8 @@ class Soak:
             packet = self.node.user_packet(user, "/ping", channel=0)
         else:
             packet = self.node.user_packet(user, f"/echo soak {self.tally.sent}", channel=1)
-        self.tally.typed.add(packet.id)
-        self.node.deliver(packet)  # now, or kept by the node until the bot's next handshake
-
-    def _handed(self, packet_id: int) -> None:
-        """The node wrote a packet to a client: a command now expects its reply."""
-        if packet_id in self.tally.typed:
-            self.tally.expected.setdefault(packet_id, time.monotonic())
+        if self.node.deliver(packet):  # False: no configured client to hand it to
+            self.tally.expected[packet.id] = time.monotonic()
 
     def _inject(self, kind: str) -> None:
         record = FaultRecord(kind, time.monotonic())
