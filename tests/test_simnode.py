@@ -424,6 +424,31 @@ def test_hang_then_the_kept_connection_gets_the_queued_packets(make, connect):
     assert client.times[client.index(got)] - sent_at >= 0.25 and not client.eof
 
 
+def test_hang_a_connection_abandoned_during_it_loses_nothing_to_the_next(make, connect):
+    """The bot probes, gives up on its connection and opens a new one, all during the hang:
+    the old connection's backlog (probe, disconnect) is read before anything is written,
+    so the kept packet goes to the new connection."""
+    node = make(firmware_version="2.6.11")
+    old = connect(node)
+    old.handshake()
+    node.hang(0.5)
+    packet_id = node.user_text(ALICE, "for the next one")
+    probe = mesh_pb2.MeshPacket(id=61, to=node.node_num)
+    probe.decoded.portnum = portnums_pb2.PortNum.ADMIN_APP
+    probe.decoded.want_response = True
+    probe.decoded.payload = admin_pb2.AdminMessage(get_device_metadata_request=True).SerializeToString()
+    old.send(packet=probe)
+    old.send(disconnect=True)
+    new = connect(node)
+    wait_until(lambda: node.counters.connections == 2, 5)
+    new.send(want_config_id=7)
+    got = new.wait(lambda f: f.packet.id == packet_id)
+    done = new.wait(lambda f: f.config_complete_id == 7)
+    assert new.index(got) == new.index(done) + 1
+    new.wait(lambda f: f.HasField("queueStatus") and new.index(f) > new.index(got))  # the handshake's status, after
+    assert all(p.id != packet_id for p in old.packets())
+
+
 # --- 10. reboot -------------------------------------------------------------------------------------
 def test_reboot_counts_and_empties_the_queues(make, connect):
     node = make(firmware_version="2.6.11", tx_time_s=30.0)

@@ -375,6 +375,8 @@ class _Client:
         self.silent = False
         self.closed = False
         self.configured = False
+        self.status_due = False  # a handshake in a backlog: its closing queueStatus comes after the batch
+        self.handshake_in_backlog = False
         self.inbound: Optional[_DelayLine] = None  # frames on their way to the node
         self.outbound: Optional[_DelayLine] = None  # bytes on their way to the client
 
@@ -502,6 +504,8 @@ class SimulatedNode:
         self._events: collections.deque[tuple[str, Optional[_Client], bytes]] = collections.deque()
         self._hung_until = 0.0
         self._hang_pending = False  # a hang began: regroup its backlog by connection at wake-up
+        self._backlog_left = 0  # events of that backlog still to handle
+        self._deferring = False  # handling a backlog: packets for the phone wait for its end
         self._timers: Optional[_Timers] = None
         self._outages = 0  # stop_listening()/reboot() calls: the last one listens again
 
@@ -626,14 +630,49 @@ class SimulatedNode:
                     # client first), then hands the still-connected client what it queued.
                     self._hang_pending = False
                     backlog = sorted(self._events, key=lambda e: e[1].number if e[1] is not None else 0)
+                    backlog.append(("flush", None, b""))
                     self._events.clear()
                     self._events.extend(backlog)
-                    self._events.append(("flush", None, b""))
+                    self._backlog_left = len(backlog)
                 kind, client, payload = self._events.popleft()
+                in_backlog = self._backlog_left > 0
+                batch_ends = later_waiting = False
+                if in_backlog:
+                    self._backlog_left -= 1
+                    batch_ends = self._backlog_left == 0 or self._events[0][1] is not client
+                    if batch_ends:
+                        later_waiting = any(
+                            e[0] == "accept" for e in itertools.islice(self._events, 0, self._backlog_left)
+                        )
+            # A backlog is read a connection at a time before anything for the phone is
+            # written to it (StreamAPI reads all it has, then writes): a connection whose
+            # backlog ends in its EOF or `disconnect` never gets the queued packets.
+            self._deferring = in_backlog
             try:
                 self._process(kind, client, payload)
+                if batch_ends:
+                    self._deferring = False
+                    self._end_batch(client, later_waiting)
             except Exception:  # the simulated node must survive its own bugs to report them
                 log.exception("simulated node failed on a %s event", kind)
+            finally:
+                self._deferring = False
+
+    def _end_batch(self, client: Optional[_Client], later_waiting: bool) -> None:
+        """After a connection's backlog: what the node kept for the phone, then the
+        queueStatus a handshake in that backlog still owes. A connection that made no
+        handshake in its backlog, with a newer one waiting to replace it, gets nothing:
+        the packets stay for the newer one."""
+        with self._phone_lock:
+            handshook = client is not None and client.handshake_in_backlog
+            if client is not None:
+                client.handshake_in_backlog = False
+            if handshook or not later_waiting:
+                self._flush_phone_queue()
+            if client is not None and client.status_due:
+                client.status_due = False
+                if client is self._client:
+                    self._send(client, self._queue_status(0, 0))
 
     def _process(self, kind: str, client: Optional[_Client], payload: bytes) -> None:
         if kind == "flush":
@@ -957,10 +996,14 @@ class SimulatedNode:
         with self._phone_lock:
             self._send_many(client, self._config_frames(nonce))
             client.configured = True
-            # Right after config_complete_id: what the node kept for the phone meanwhile.
-            self._flush_phone_queue()
-            if self.status_after_handshake and not self.old_firmware:
-                self._send(client, self._queue_status(0, 0))
+            if self._deferring:
+                client.handshake_in_backlog = True
+                client.status_due = self.status_after_handshake and not self.old_firmware
+            else:
+                # Right after config_complete_id: what the node kept for the phone meanwhile.
+                self._flush_phone_queue()
+                if self.status_after_handshake and not self.old_firmware:
+                    self._send(client, self._queue_status(0, 0))
         with self._cond:
             self.handshake_at = time.monotonic()
             self.counters.handshakes += 1
@@ -1004,7 +1047,7 @@ class SimulatedNode:
     def _phone_client(self) -> Optional[_Client]:
         """The client packets for the phone can be written to now, if any."""
         client = self._client
-        if client is None or not client.configured or client.closed or client.silent or self._hung():
+        if client is None or not client.configured or client.closed or client.silent or self._hung() or self._deferring:
             return None
         return client
 
@@ -1267,7 +1310,11 @@ class SimulatedNode:
     def hang(self, seconds: float) -> None:
         """The node's process stops for `seconds`: nothing is read or answered on any
         connection, packets for the client are kept, the kernel still accepts connections.
-        Then the node serves them in the order they were accepted (see `_node_loop`)."""
+        Then the node serves the connections in the order they were accepted, each one's
+        backlog read before anything is written to it (see `_node_loop`): a new connection
+        becomes the client (the previous one is force-closed) and, once its handshake is
+        done, gets the kept packets; the connection it had before the hang gets them only
+        if it is still open after its backlog and no newer connection is waiting."""
         with self._work:
             self._hung_until = time.monotonic() + seconds
             self._hang_pending = True
