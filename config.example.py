@@ -4,7 +4,7 @@
 # --- The node link ---------------------------------------------------------
 # How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port. Expected: one of 'tcp', 'serial'.
 CONNECTION = 'tcp'
-# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo). Expected: a string.
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo); '192.168.1.38:4403' sets NODE_PORT too. Expected: a hostname or IP like '192.168.1.38' or 'meshtastic.local', optionally with ':port'.
 NODE_HOST = ''
 # TCP port of the node's API. Expected: an integer from 1 to 65535.
 NODE_PORT = 4403
@@ -25,8 +25,8 @@ RECONNECT_MAX_S = 5.0
 CONTENTION_BACKOFF_S = 60.0
 
 # --- Sending ---------------------------------------------------------------
-# Least time between two texts (the firmware drops texts < 2 s apart). Expected: a number from 0 to 600.
-MIN_TEXT_INTERVAL_S = 2.5
+# Your own least time between two texts, on top of the firmware's 2 s limit, which the bot always keeps on firmware 2.7 and later (counted as the node sees it). Expected: a number from 0 to 600.
+MIN_TEXT_INTERVAL_S = 0.0
 # Also wait the previous text's time on air (from the node's LoRa preset). Expected: True or False.
 PACE_BY_AIRTIME = True
 # Largest text, in bytes of UTF-8. Expected: an integer from 40 to 228.
@@ -37,6 +37,12 @@ MAX_CHUNKS = 4
 OUTBOX_TTL_S = 300.0
 # Most texts waiting to be sent; past it the oldest is dropped. Expected: an integer from 1 to 10000.
 OUTBOX_MAX = 50
+# A DM nobody acknowledged (ACK or NAK) within this long counts as unconfirmed. Expected: a number from 1 to 3600.
+DM_ACK_TIMEOUT_S = 60.0
+# Times a DM whose delivery failed (NAK) is sent again with a new id (0: never). Expected: an integer from 0 to 5.
+DM_RETRIES = 1
+# Wait after a failed DM before sending it again. Expected: a number from 1 to 3600.
+DM_RETRY_DELAY_S = 30.0
 
 # --- Receiving -------------------------------------------------------------
 # Worker threads running command handlers. Expected: an integer from 1 to 64.
@@ -58,9 +64,15 @@ ADMIN_NODES = ()
 REQUIRE_PKI_FOR_ADMIN = True
 # Channel index /bc broadcasts on. Expected: an integer from 0 to 7.
 BROADCAST_CHANNEL = 0
-# Broadcasts fired on a timetable (local time of the host). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
+# Broadcasts fired on a timetable ('at' is a time of day in TIMEZONE). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
 # e.g. SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]
 SCHEDULED_BROADCASTS = ()
+# Time zone of the schedule's 'at' times, daylight saving time included ('': the system's zone, from /etc/localtime). Expected: an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone.
+# e.g. TIMEZONE = 'Europe/Paris'
+TIMEZONE = ''
+# Commands turned off, built-in or from a plugin, by name (an unknown name is a WARNING). Expected: a list of command names like ['bc', 'weather'].
+# e.g. DISABLED_COMMANDS = ['bc', 'echo']
+DISABLED_COMMANDS = ()
 
 # --- Sharing the node ------------------------------------------------------
 # Serve the node's TCP API here to the phone app, the meshtastic CLI and other clients, over the bot's one connection. Expected: '' (off), or 'host:port' like '0.0.0.0:4403', '127.0.0.1:4404' or '[::]:4403'.
@@ -85,6 +97,8 @@ UNITS = 'metric'
 WEATHER_CACHE_S = 600.0
 # Longest wait for one weather or geocoding request, its one retry included. Expected: a number from 0.1 to 60.
 WEATHER_TIMEOUT_S = 8.0
+# Most HTTP requests to the weather and geocoding APIs in any 24 hours, all users together (past it: cached answers, else 'busy'). Expected: an integer from 1 to 1e+06.
+WEATHER_MAX_CALLS_PER_DAY = 5000
 
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.

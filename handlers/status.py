@@ -15,10 +15,11 @@ def status(ctx: CommandContext) -> Optional[str]:
     link = services.link.status
     out = services.sender.stats()
     uptime = format_age(time.monotonic() - services.stats.started_at)
+    dms = out.dms
     clients = "" if services.api_clients is None else f", {counted(services.api_clients(), 'API client')}"
     return (
         f"up {uptime}, link {link.state.value} ({counted(link.reconnects, 'reconnect')}), texts sent {out.sent}, queued {out.queued}, "
-        f"dropped {out.dropped}, commands {services.stats.commands}{clients}"
+        f"dropped {out.dropped}, commands {services.stats.commands}, DMs 24h: {dms.delivered} delivered, {dms.failed} failed{clients}"
     )
 
 
@@ -50,7 +51,8 @@ def node_pages(nodes: list[dict[str, Any]], budget: int, now: float) -> list[lis
 @command("nodes", help="/nodes [page]: nodes heard most recently: name, last heard, SNR or hops")
 def nodes(ctx: CommandContext) -> Optional[str]:
     page_arg = ctx.args.split(" ")[0] if ctx.args else "1"
-    if not page_arg.isdigit() or int(page_arg) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses.
+    if not (page_arg.isascii() and page_arg.isdigit()) or int(page_arg) < 1:
         return "usage: /nodes [page], e.g. /nodes 2"
     iface = ctx.services.sender.get_interface()
     own = ctx.services.link.status.node_num

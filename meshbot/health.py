@@ -36,6 +36,11 @@ class LoopProgress:
         finally:
             self.busy_since = None
 
+    def wait_outside(self) -> None:
+        """The current step now waits on something outside the process (a node that takes
+        its time), which no watchdog restart would speed up: count it as waiting."""
+        self.busy_since = None
+
     def busy_for(self, now: float) -> float:
         since = self.busy_since
         return 0.0 if since is None else now - since

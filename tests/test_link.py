@@ -147,31 +147,56 @@ def test_another_client_taking_the_node_is_reported_and_not_fought(node, start_b
         sock.close()
 
 
-def test_connect_timeout_on_a_node_that_never_answers_the_handshake(start_bot, caplog):
-    caplog.set_level(logging.WARNING, logger="meshbot")
-    mute = socket.socket()
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
-    accepted = []
-    stop = threading.Event()
+class MuteNode:
+    """A TCP server that accepts connections and never answers: a node whose process is
+    stalled while its kernel still completes connections (the listen backlog)."""
 
-    def accept() -> None:
-        mute.settimeout(0.1)
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self.host, self.port = self.listener.getsockname()
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
             try:
-                accepted.append(mute.accept()[0])
+                self.accepted.append(self.listener.accept()[0])
             except socket.timeout:
                 pass
 
-    threading.Thread(target=accept, daemon=True).start()
-    host, port = mute.getsockname()
-    bot = start_bot(SimpleNamespace(host=host, port=port), wait=False, CONNECT_TIMEOUT_S=0.5)
-    wait_until(lambda: "no config from the node within 0.5 s" in caplog.text, 5)
-    assert bot.sender.get_interface() is None
-    stop.set()
-    for sock in accepted:
-        sock.close()
-    mute.close()
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.accepted:
+            sock.close()
+        self.listener.close()
+
+
+def test_a_handshake_that_takes_long_is_waited_on_over_the_one_connection(start_bot, caplog):
+    """Abandoning it for a new connection would leave the node a connection to hand its
+    queued packets to once it resumes; the socket's own end is what ends the wait."""
+    caplog.set_level(logging.WARNING, logger="meshbot")
+    mute = MuteNode()
+    try:
+        bot = start_bot(mute, wait=False, CONNECT_TIMEOUT_S=0.5)
+        wait_until(lambda: "no config from the node" in caplog.text, 5)
+        assert "within 0.5 s; waiting on this connection" in caplog.text
+        time.sleep(1.5)  # three handshake timeouts: still the one connection, no new attempt
+        assert len(mute.accepted) == 1
+        assert bot.sender.get_interface() is None
+        assert bot.health_problem() is None  # waiting on the node is not a hung daemon
+        mute.accepted[0].close()  # the node's end goes away: now the bot tries again
+        wait_until(lambda: len(mute.accepted) == 2, 5)
+        started = time.monotonic()
+        bot.stop(budget_s=2.0)
+        assert time.monotonic() - started < 2.5  # stopping ends the wait at once
+    finally:
+        mute.close()
 
 
 def test_node_debug_log_text_between_frames_is_ignored(node, start_bot):

@@ -57,11 +57,18 @@ def test_unplug_is_reported_once_and_plug_back_delivers_what_was_queued(node, st
     caplog.set_level(logging.INFO, logger="meshbot")
     node.attach_serial()
     # Pacing holds the second pong in the outbox while the device is away.
-    bot = start_serial_bot(start_bot, node, MIN_TEXT_INTERVAL_S=1.0)
+    bot = start_serial_bot(start_bot, node, MIN_TEXT_INTERVAL_S=3.0)
     first = node.user_text(0x1A2B3C01, "/ping")
     node.wait_texts(1, 5)
     second = node.user_text(0x1A2B3C02, "/ping")
-    wait_until(lambda: bot.sender.stats().queued == 1, 5)
+
+    def second_pong_waits() -> bool:
+        # `queued` also counts a text in flight: only once the first pong is confirmed
+        # sent does `queued == 1` mean the second one waits in the outbox.
+        stats = bot.sender.stats()
+        return stats.sent == 1 and stats.queued == 1
+
+    wait_until(second_pong_waits, 5)
     started = time.monotonic()
     node.unplug()
     wait_until(lambda: bot.link.status.reconnects == 1, 5)

@@ -58,6 +58,8 @@ from meshtastic.serial_interface import SerialInterface
 from meshtastic.stream_interface import StreamInterface
 from meshtastic.tcp_interface import TCPInterface
 
+from meshbot.logs import RepeatedWarning
+
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 4096
@@ -78,6 +80,9 @@ SERIAL_WRITE_TIMEOUT_S = 2.0
 _SERIAL_WRITE_GAP_S = 0.1
 _TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
 _ROUTING = portnums_pb2.PortNum.ROUTING_APP
+_SIMULATOR = portnums_pb2.PortNum.SIMULATOR_APP
+# The cause of loss for a clean close by the node (EOF): another client, or a restart.
+NODE_CLOSED = "node closed the connection"
 
 
 class LinkLost(ConnectionError):
@@ -107,8 +112,33 @@ def find_serial_port() -> str:
     return ports[0]
 
 
+def parse_firmware_version(text: str) -> Optional[tuple[int, int, int]]:
+    """'2.7.13.5a3b2c1' -> (2, 7, 13); None when it does not start with three numbers."""
+    parts = text.split(".")
+    try:
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    except (IndexError, ValueError):
+        return None
+
+
 def _ignore(*_args: object) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class QueueReport:
+    """One `queueStatus` from the node: its verdict on a packet and its TX queue's room.
+
+    `free` is what the queue had left *after* the node handled the packet: an accepted
+    packet waits in it until the radio sends it, so a `free` still at `maxlen` means the
+    packet never entered it (firmware 2.7 refuses a text that way: res 0, nothing else).
+    """
+
+    packet_id: int
+    res: int  # 0: not refused by the router (not proof that it was queued)
+    free: int
+    maxlen: int
+    at: float  # time.monotonic() when the frame arrived
 
 
 @dataclass
@@ -116,8 +146,11 @@ class LinkEvents:
     """What the interface reports, on its reader thread. Each callback must be quick."""
 
     lost: Callable[[str], None] = _ignore  # cause
-    queue_status: Callable[[int, int], None] = _ignore  # packet id, res (0 = accepted)
-    routing_error: Callable[[int, int], None] = _ignore  # request id, Routing.Error value
+    queue_status: Callable[[QueueReport], None] = _ignore
+    # request id, Routing.Error value (0 = an ACK), the node that sent the routing packet
+    routing: Callable[[int, int, int], None] = _ignore
+    notification: Callable[[int, str], None] = _ignore  # LogRecord.Level value, message
+    slow_handshake: Callable[[float], None] = _ignore  # seconds waited so far
 
 
 class _HardenedStream:
@@ -137,11 +170,14 @@ class _HardenedStream:
         self.lost_cause = None
         self.answers_queue_status = False
         self._closing = False
+        self.give_up: Callable[[], bool] = lambda: False  # set by the link owner
         self._lost_lock = threading.Lock()
         self._write_lock = threading.Lock()
         # What the last chunk read from the transport holds beyond what the library took.
         self._rx_chunk = b""
         self._rx_pos = 0
+        # Serial noise can make thousands of bad frames: one line a minute says how many.
+        self._undecodable = RepeatedWarning(log, "ignored {count} more undecodable frames from the node in the last {seconds} s")
         # Shared node API (meshbot/share): sees every FromRadio frame, raw and parsed, on
         # this reader thread. Set by NodeLink before connect(); it must only hand over.
         self.from_radio_tap: Optional[Callable[[bytes, mesh_pb2.FromRadio], None]] = None
@@ -172,7 +208,7 @@ class _HardenedStream:
 
     def _reconnect(self) -> None:
         # The library would sleep 1 s and reconnect on this same object, silently.
-        self.mark_lost("node closed the connection")
+        self.mark_lost(NODE_CLOSED)
 
     def _disconnected(self) -> None:
         # Called when the library's reader exits, for whatever reason.
@@ -209,7 +245,7 @@ class _HardenedStream:
         try:
             from_radio.ParseFromString(fromRadioBytes)
         except DecodeError:
-            log.warning("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
+            self._undecodable.log("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
             return
         tap = self.from_radio_tap
         if tap is not None:  # before the library sees it: clients get frames in the node's order
@@ -223,6 +259,10 @@ class _HardenedStream:
             self._handleQueueStatusFromRadio(from_radio.queueStatus)
         elif kind == "rebooted":
             self.mark_lost("node rebooted")
+        elif kind == "clientNotification":
+            # The library would only publish it; the link owner logs it at its level.
+            note = from_radio.clientNotification
+            self.events.notification(note.level, note.message)
         else:
             super()._handleFromRadio(fromRadioBytes)  # type: ignore[misc]
 
@@ -230,7 +270,9 @@ class _HardenedStream:
         # Keep the free-slot count; skip the library's resend bookkeeping entirely.
         self.queueStatus = queueStatus
         self.answers_queue_status = True
-        self.events.queue_status(queueStatus.mesh_packet_id, queueStatus.res)
+        self.events.queue_status(
+            QueueReport(queueStatus.mesh_packet_id, queueStatus.res, queueStatus.free, queueStatus.maxlen, self.last_rx)
+        )
 
     def _handlePacketFromRadio(self, meshPacket: mesh_pb2.MeshPacket, hack: bool = False) -> None:
         decoded = meshPacket.decoded
@@ -240,8 +282,12 @@ class _HardenedStream:
                 routing.ParseFromString(decoded.payload)
             except DecodeError:
                 routing.Clear()
-            if routing.error_reason:
-                self.events.routing_error(decoded.request_id, routing.error_reason)
+            # error_reason NONE is an ACK: from the destination for a DM it reached, from
+            # the own node when a neighbour was heard relaying it (implicit ACK).
+            self.events.routing(decoded.request_id, routing.error_reason, getattr(meshPacket, "from"))
+        elif decoded.portnum == _SIMULATOR:
+            # `meshtasticd --sim` echoes every packet it transmits; a real radio never does.
+            return
         super()._handlePacketFromRadio(meshPacket, hack)  # type: ignore[misc]
 
     # --- send --------------------------------------------------------------------------
@@ -249,15 +295,40 @@ class _HardenedStream:
         """NodeLink probes at PROBE_INTERVAL_S; the library's 300 s timer is not wanted."""
 
     def _waitConnected(self, timeout: float = 30.0) -> None:
-        """Wait for the config handshake, but never past the handshake timeout or a loss."""
-        deadline = time.monotonic() + min(timeout, self.handshake_timeout_s)
+        """Wait for the config handshake for as long as this connection lives.
+
+        The library gives up after `timeout` and the caller would open another connection.
+        A node whose process stalls still has its kernel accept connections, and when it
+        resumes it serves them in turn: an abandoned connection whose `want_config` it reads
+        is handed the packets the node kept for its client, which nobody reads any more
+        (measured on meshtasticd 2.7.13: a command lost in 2 runs of 5). So the one
+        connection is kept and waited on; its socket's own timeouts (keepalive,
+        TCP_USER_TIMEOUT) end it when the node is really gone, and `give_up()` ends the wait
+        on an intended stop. After `handshake_timeout_s`, `events.slow_handshake` is called
+        once, for the log line and the watchdog (the loop is waiting, not working).
+        """
+        slow_at = time.monotonic() + self.handshake_timeout_s
         while not self.isConnected.wait(0.05):
             if not self.alive:
                 raise LinkLost(self.lost_cause or "closed")
-            if time.monotonic() >= deadline:
-                raise LinkLost(f"no config from the node within {self.handshake_timeout_s:g} s")
+            if self.give_up():
+                raise LinkLost("stopped")
+            if time.monotonic() >= slow_at:
+                slow_at = float("inf")
+                self.events.slow_handshake(self.handshake_timeout_s)
         if self.failure:
             raise self.failure
+
+    @property
+    def firmware_version(self) -> Optional[tuple[int, int, int]]:
+        """The node's firmware version from the handshake's metadata, e.g. (2, 7, 13)."""
+        metadata = getattr(self, "metadata", None)
+        return parse_firmware_version(metadata.firmware_version) if metadata is not None else None
+
+    @property
+    def reboot_count(self) -> Optional[int]:
+        """How often the node has rebooted, from the handshake's my_info."""
+        return self.myInfo.reboot_count if self.myInfo is not None else None
 
     def _sendToRadio(self, toRadio: mesh_pb2.ToRadio) -> None:
         """Write one ToRadio; a packet first waits (bounded) for a free TX-queue slot."""
@@ -373,7 +444,7 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
             self.mark_lost(f"connection error: {exc.strerror or exc}")
             return None
         if not chunk:
-            self.mark_lost("node closed the connection")
+            self.mark_lost(NODE_CLOSED)
             return None
         return chunk
 

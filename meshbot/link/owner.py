@@ -11,6 +11,7 @@ serial port, CONNECTION = 'serial', is locked for one program: the same rule).
 
 from __future__ import annotations
 
+import collections
 import enum
 import errno
 import logging
@@ -29,8 +30,10 @@ from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
 from meshbot.link.interface import (
+    NODE_CLOSED,
     LinkEvents,
     LinkLost,
+    QueueReport,
     OptimizedSerialInterface,
     OptimizedTCPInterface,
     SerialPortNotFound,
@@ -42,9 +45,15 @@ from meshbot.text import format_duration
 log = logging.getLogger(__name__)
 
 # A connection the node closes this soon after the handshake, several times in a row,
-# is being taken by another client of the node's TCP API.
+# is being taken by another client of the node's TCP API. The first close of a series
+# counts whatever the link's age before it: that is when the other client arrived.
 _CONTENTION_UP_S = 10.0
 _CONTENTION_COUNT = 3
+# A client notification from the node is logged once per distinct text in this long.
+_NOTIFICATION_REPEAT_S = 60.0
+# Packets that arrive while the link is not up yet wait for it (the bot's own node
+# number decides whether a text is a DM); past this many the oldest are dropped.
+_HELD_PACKETS_MAX = 256
 _DOWN_REMINDER_S = 60.0
 # After the handshake, how long to wait for the first heartbeat's answer (firmware
 # that never answers is then handled without waiting for per-packet statuses).
@@ -79,9 +88,9 @@ class LinkObserver(Protocol):
 
     def link_changed(self, status: LinkStatus) -> None: ...
 
-    def queue_status(self, packet_id: int, res: int) -> None: ...
+    def queue_status(self, report: QueueReport) -> None: ...
 
-    def routing_error(self, request_id: int, reason: int) -> None: ...
+    def routing(self, request_id: int, reason: int, sender: int) -> None: ...
 
 
 InterfaceFactory = Callable[[LinkEvents], Any]
@@ -197,6 +206,10 @@ class NodeLink:
         self._status = LinkStatus(LinkState.CONNECTING, started, self.address, down_since=started)
         self._thread = threading.Thread(target=self._run, name="link", daemon=True)
         self._quick_closes = 0
+        self._reboot_count: Optional[int] = None  # the previous connection's, to tell reboots
+        self._notified: dict[str, float] = {}  # client notification text -> when last logged
+        # Until the link is up, received packets wait here (see _HELD_PACKETS_MAX).
+        self._held: Optional[collections.deque[dict]] = collections.deque(maxlen=_HELD_PACKETS_MAX)
         self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
@@ -256,6 +269,18 @@ class NodeLink:
         except Exception:  # the topic may never have been created
             pass
 
+    def open_once(self) -> Any:
+        """One connection and config handshake, without the owner thread (`--probe`).
+
+        The daemon's own code path, so the probe fails where the daemon would. Raises what
+        a connection attempt raises (`describe_error()` words it); close with `close_once()`.
+        """
+        return self._open()
+
+    def close_once(self, iface: Any) -> None:
+        """Close what `open_once()` opened, completely (the node frees its client slot)."""
+        self._close(iface)
+
     # --- the owner thread ----------------------------------------------------------------
     def _run(self) -> None:
         outage = _Outage(started=time.monotonic())
@@ -272,6 +297,7 @@ class NodeLink:
             up_at = time.monotonic()
             self._link_up(iface, outage, up_at)
             cause = self._supervise(iface)
+            self._hold_packets()
             self._iface = None
             with self.progress.step():
                 self._close(iface)
@@ -310,8 +336,19 @@ class NodeLink:
                 "link up after %.1f s, %d attempt%s (%s)",
                 up_at - outage.started, outage.attempts, "" if outage.attempts == 1 else "s", node,
             )
+        self._note_reboot(iface)
         self._iface = iface
         self._set_state(LinkState.UP, node_facts=facts)
+        self._release_held()
+
+    def _note_reboot(self, iface: Any) -> None:
+        """A higher reboot count than the previous connection's: the node rebooted in
+        between (its queues are gone), which is never another client taking the node."""
+        count, previous = iface.reboot_count, self._reboot_count
+        self._reboot_count = count
+        if count is not None and previous is not None and count > previous:
+            log.info("the node rebooted while the link was down (reboot count %d -> %d)", previous, count)
+            self._quick_closes = 0
 
     def _link_lost(self, cause: str, was_up_s: float) -> None:
         self._status = replace(self._status, reconnects=self._status.reconnects + 1)
@@ -322,8 +359,17 @@ class NodeLink:
     def _open(self) -> Any:
         """Connect and complete the handshake, or raise; never leaves a socket open on failure."""
         self._wake.clear()
-        iface = self._factory(LinkEvents(lost=self._lost, queue_status=self._queue_status, routing_error=self._routing_error))
+        iface = self._factory(
+            LinkEvents(
+                lost=self._lost,
+                queue_status=self._queue_status,
+                routing=self._routing,
+                notification=self._notification,
+                slow_handshake=self._slow_handshake,
+            )
+        )
         iface.link_owner = self
+        iface.give_up = self._stop.is_set
         iface.from_radio_tap = self.frame_tap
         try:
             iface.connect()
@@ -378,8 +424,9 @@ class NodeLink:
 
     def _delay_after_loss(self, cause: str, was_up_s: float) -> float:
         """Backoff, or a long pause when another client keeps taking the node's TCP API."""
-        if cause == "node closed the connection" and was_up_s < _CONTENTION_UP_S:
-            self._quick_closes += 1
+        if cause == NODE_CLOSED:
+            # A series of quick closes starts with the close that ended a long link.
+            self._quick_closes = self._quick_closes + 1 if was_up_s < _CONTENTION_UP_S else 1
         else:
             self._quick_closes = 0
         if self._quick_closes >= _CONTENTION_COUNT:
@@ -417,21 +464,62 @@ class NodeLink:
     def _lost(self, cause: str) -> None:
         self._wake.set()
 
-    def _queue_status(self, packet_id: int, res: int) -> None:
+    def _queue_status(self, report: QueueReport) -> None:
         for observer in self._observers:
-            observer.queue_status(packet_id, res)
+            observer.queue_status(report)
 
-    def _routing_error(self, request_id: int, reason: int) -> None:
+    def _routing(self, request_id: int, reason: int, sender: int) -> None:
         for observer in self._observers:
-            observer.routing_error(request_id, reason)
+            observer.routing(request_id, reason, sender)
+
+    def _notification(self, level: int, message: str) -> None:
+        """A clientNotification: the node tells its client something (e.g. a refused
+        setting, a duty-cycle limit). Logged at its own level, each text once a minute."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._notified.get(message)
+            if last is not None and now - last < _NOTIFICATION_REPEAT_S:
+                return
+            self._notified = {m: t for m, t in self._notified.items() if now - t < _NOTIFICATION_REPEAT_S}
+            self._notified[message] = now
+        # LogRecord.Level uses the same numbers as Python's levels; TRACE (5) is DEBUG here.
+        log.log(max(logging.DEBUG, level) if level else logging.INFO, "the node says: %s", message)
+
+    def _slow_handshake(self, waited_s: float) -> None:
+        log.warning(
+            "no config from the node at %s within %g s; waiting on this connection rather than "
+            "opening another (node busy or hung? another program on that port?)",
+            self.address, waited_s,
+        )
+        # From here the owner thread waits on the node; it is not a step of its own work.
+        self.progress.wait_outside()
 
     def _make_receive_listener(self) -> Callable[..., None]:
         def on_receive(packet: dict, interface: Any = None) -> None:
             # Runs on the library's one publishing thread: only hand the packet over.
-            if getattr(interface, "link_owner", None) is self:
-                self._on_packet(packet)
+            if getattr(interface, "link_owner", None) is not self:
+                return
+            with self._lock:
+                if self._held is not None:
+                    self._held.append(packet)  # released by _release_held() once up
+                    return
+            self._on_packet(packet)
 
         return on_receive
+
+    def _hold_packets(self) -> None:
+        with self._lock:
+            if self._held is None:
+                self._held = collections.deque(maxlen=_HELD_PACKETS_MAX)
+
+    def _release_held(self) -> None:
+        """Hand over, in order, the packets that arrived before the link was up."""
+        with self._lock:
+            held, self._held = self._held, None
+            # Under the lock, so that a packet arriving now cannot overtake them
+            # (`_on_packet` only enqueues).
+            for packet in held or ():
+                self._on_packet(packet)
 
     # --- state ---------------------------------------------------------------------------
     def _set_state(self, state: LinkState, *, cause: str = "", node_facts: Optional[dict[str, Any]] = None) -> None:

@@ -3,17 +3,30 @@
 `send()` splits a reply into texts the firmware accepts, queues them and returns at
 once. One thread, the outbox's, drains the queue in order, one text at a time:
 
-* it waits until the link is up, and until the previous text is both
-  `MIN_TEXT_INTERVAL_S` old and off the air (airtime on the node's LoRa preset);
+* it waits until the link is up, and until the previous text is far enough behind
+  (`_gap`): off the air (airtime on the node's LoRa preset), `MIN_TEXT_INTERVAL_S` old,
+  and -- on firmware 2.7.0 and later -- 2 s old *as the node sees it*;
 * it writes the text and waits for the node's verdict on that packet id: the
-  `queueStatus` for it, then possibly a ROUTING_APP `RATE_LIMIT_EXCEEDED` naming it
-  (the firmware answers a rate-limited text with res = 0 *and* that error);
-* a rejected text goes back to the head of the queue and is sent again with a new
+  `queueStatus` for it (and a ROUTING_APP `RATE_LIMIT_EXCEEDED` naming it, should a
+  firmware ever deliver that error to its client);
+* a refused text goes back to the head of the queue and is sent again with a new
   packet id, up to 3 times; a text whose verdict never came because the link died is
   sent again after the reconnect with the *same* id, so a node that did get it ignores
   the copy (it drops ids it saw among the client's last 20);
+* a DM's fate on the mesh (ACK, NAK, nothing) is followed by `DeliveryTracker`, which
+  hands back the DMs worth another try;
 * texts older than `OUTBOX_TTL_S` and the oldest beyond `OUTBOX_MAX` are dropped, each
-  with a WARNING: nothing is lost silently.
+  with a WARNING: nothing is lost silently. A flood of them (a burst of commands, a
+  node whose duty cycle is spent) is told in one line a minute per kind, with a count.
+
+The firmware's 2 s text limit (2.7.0 and later, measured on 2.7.13) refuses silently: the
+client gets one `queueStatus` with res = 0 and the TX queue's `free` unchanged, and the
+RATE_LIMIT_EXCEEDED error goes out on the air to node 0 instead of to the client. A
+refusal can be recognised only sometimes (`_refusal`), so the outbox makes sure the node
+never has a reason to refuse: the node measures the 2 s between the moments it
+*processes* two texts, and the `queueStatus` for a text is sent after the node processed
+it. Counting the 2 s from that status's arrival therefore counts at least 2 s at the
+node, whatever the network's delay or jitter in either direction.
 """
 
 from __future__ import annotations
@@ -33,8 +46,10 @@ from meshtastic.protobuf import mesh_pb2
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
-from meshbot.link.interface import LinkLost, TxQueueFull
+from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
+from meshbot.logs import RepeatedWarning
+from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)
@@ -45,6 +60,11 @@ _RATE_LIMITED = mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED
 # text; wait a little more than that before the next attempt.
 _RETRY_GAP_S = FIRMWARE_TEXT_INTERVAL_S * 1.1
 _RECENT_IDS = 64
+# Firmware from this version on refuses a text less than 2 s after the last one it took.
+FIRST_FIRMWARE_WITH_TEXT_LIMIT = (2, 7, 0)
+# Added to the firmware's 2 s: the node's millis() and our monotonic clock tick alike,
+# but a check at exactly 2.000 s should not depend on rounding.
+_TEXT_LIMIT_MARGIN_S = 0.05
 # Routing errors that mean the node itself would not transmit (EU duty cycle spent, a
 # payload it considers too large): worth a WARNING. Others are the mesh's business.
 _OPERATOR_ERRORS = {
@@ -70,6 +90,11 @@ class OutgoingText:
     resends: int = 0
     # Id of a write whose verdict never came (the link died): resent with this same id.
     unconfirmed_id: Optional[int] = None
+    attempt: int = 1  # a DM sent again after its delivery failed: 2
+
+    @property
+    def is_dm(self) -> bool:
+        return self.to != BROADCAST_NUM
     # A text of a client of the shared node API (meshbot/share): written as the client
     # made it, with its own packet id, never resent with another (see send_client_text).
     client_packet: Optional[mesh_pb2.MeshPacket] = None
@@ -89,7 +114,14 @@ class OutboxStats:
     sent: int
     queued: int
     dropped: int
-    resent: int
+    resent: int  # refused by the node and sent again
+    refused: int  # refusals seen (rate limit, res != 0)
+    dms: DeliveryStats
+
+
+def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
+    """Does this firmware refuse texts less than 2 s apart? Unknown: assume it does."""
+    return version is None or version >= FIRST_FIRMWARE_WITH_TEXT_LIMIT
 
 
 class MessageSender:
@@ -104,8 +136,14 @@ class MessageSender:
         self._queue: collections.deque[OutgoingText] = collections.deque()
         self._inflight_id: Optional[int] = None
         self._inflight_label = ""
-        self._inflight_res: Optional[int] = None
+        self._inflight_report: Optional[QueueReport] = None
         self._inflight_rate_limited = False
+        # Set once an accepted text's queueStatus showed it waiting in the TX queue: from
+        # then on, a text whose status shows the queue still empty was not taken.
+        self._queue_shows_texts = False
+        self._delivery: DeliveryTracker[OutgoingText] = DeliveryTracker(
+            settings.DM_ACK_TIMEOUT_S, settings.DM_RETRIES, settings.DM_RETRY_DELAY_S
+        )
         # The last accepted text, until the next is sent: a RATE_LIMIT_EXCEEDED naming it
         # may still arrive just after its queueStatus.
         self._last_accepted: Optional[tuple[int, OutgoingText]] = None
@@ -113,12 +151,18 @@ class MessageSender:
         self._next_send_at = 0.0
         self._stopping = False
         self._deadline = math.inf
-        self._sent = self._dropped = self._resent = 0
+        self._sent = self._dropped = self._resent = self._refused = 0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
         # Shared node API: told (packet id, text) of every text the node accepted, under
         # the outbox lock, so that its clients see the bot's texts too. Must only hand over.
         self.text_sent_listener: Optional[Callable[[int, OutgoingText], None]] = None
+        # Warnings that a flood of commands can make once per text: one line a minute each.
+        self._full_warning = RepeatedWarning(log, "outbox full: dropped {count} more texts in the last {seconds} s")
+        self._expired_warning = RepeatedWarning(
+            log, "dropped {count} more texts not sent within OUTBOX_TTL_S in the last {seconds} s"
+        )
+        self._refused_warning = RepeatedWarning(log, "the node could not send {count} more texts in the last {seconds} s")
         link.add_observer(self)
 
     # --- public ----------------------------------------------------------------------------
@@ -139,7 +183,9 @@ class MessageSender:
             while len(self._queue) > self._settings.OUTBOX_MAX:
                 oldest = self._queue.popleft()
                 self._dropped += 1
-                log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
+                self._full_warning.log(
+                    "outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label()
+                )
             self._cond.notify_all()
         return len(chunks)
 
@@ -167,7 +213,13 @@ class MessageSender:
     def stats(self) -> OutboxStats:
         with self._cond:
             queued = len(self._queue) + (1 if self._inflight_id is not None else 0)
-            return OutboxStats(self._sent, queued, self._dropped, self._resent)
+            dms = self._delivery.stats(time.monotonic())
+            return OutboxStats(self._sent, queued, self._dropped, self._resent, self._refused, dms)
+
+    def is_idle(self) -> bool:
+        """Nothing queued, in flight, or waiting for a DM retry."""
+        with self._cond:
+            return not self._queue and self._inflight_id is None and not self._delivery.waiting_retries()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -187,20 +239,22 @@ class MessageSender:
             left = len(self._queue)
         if left:
             log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
+        for warning in (self._full_warning, self._expired_warning, self._refused_warning):
+            warning.flush()  # what was counted is told now, not lost with the process
 
     # --- events from the link (library threads: only record and notify) ---------------------
     def link_changed(self, status: LinkStatus) -> None:
         with self._cond:
             self._cond.notify_all()
 
-    def queue_status(self, packet_id: int, res: int) -> None:
+    def queue_status(self, report: QueueReport) -> None:
         with self._cond:
-            if packet_id and packet_id == self._inflight_id and self._inflight_res is None:
-                self._inflight_res = res
+            if report.packet_id and report.packet_id == self._inflight_id and self._inflight_report is None:
+                self._inflight_report = report
                 self._cond.notify_all()
 
-    def routing_error(self, request_id: int, reason: int) -> None:
-        reason_name = mesh_pb2.Routing.Error.Name(reason) if reason in mesh_pb2.Routing.Error.values() else str(reason)
+    def routing(self, request_id: int, reason: int, sender: int) -> None:
+        """A ROUTING_APP packet naming one of our packets: an ACK, a NAK, or a refusal."""
         with self._cond:
             if reason == _RATE_LIMITED:
                 if request_id == self._inflight_id:
@@ -211,9 +265,16 @@ class MessageSender:
                     item = self._last_accepted[1]
                     self._last_accepted = None
                     self._sent -= 1
+                    self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
                     return
+            verdict = self._delivery.on_routing(request_id, reason, sender, time.monotonic())
+            if verdict is Verdict.HANDLED:
+                self._cond.notify_all()  # a retry may now be due
+                return
+            if not reason:
+                return  # an ACK nobody waits for (a broadcast's implicit ACK)
             label = self._recent_ids.get(request_id)
             if label is None and request_id == self._inflight_id:
                 label = self._inflight_label  # its queueStatus is not processed yet
@@ -221,10 +282,10 @@ class MessageSender:
             return
         if reason in _OPERATOR_ERRORS:
             # The node refused to put it on the air: the operator may need to act.
-            log.warning("the node could not send %s: %s", label, reason_name)
+            self._refused_warning.log("the node could not send %s: %s", label, error_name(reason))
         else:
-            # Delivery trouble on the mesh (a DM not acknowledged): the firmware retried already.
-            log.info("node reports %s for %s", reason_name, label)
+            # Delivery trouble on the mesh: the firmware retried already.
+            log.info("node reports %s for %s", error_name(reason), label)
 
     # --- the outbox thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -249,12 +310,18 @@ class MessageSender:
         while True:
             now = time.monotonic()
             self._expire(now)
+            self._delivery.expire(now)
+            self._take_due_retries(now)
             if self._stopping and (not self._queue or now >= self._deadline):
                 return None
+            tracker_at = self._delivery.next_deadline()
             if not self._queue:
-                self._cond.wait(self._deadline - now if self._stopping else None)
+                wake = min(self._deadline if self._stopping else math.inf, tracker_at or math.inf)
+                self._cond.wait(None if wake == math.inf else max(0.0, wake - now))
                 continue
             wake_at = min(item.created for item in self._queue) + self._settings.OUTBOX_TTL_S
+            if tracker_at is not None:
+                wake_at = min(wake_at, tracker_at)
             if self._stopping:
                 wake_at = min(wake_at, self._deadline)
             iface = self._link.interface
@@ -269,12 +336,18 @@ class MessageSender:
             self._last_accepted = None  # its window for a late rate-limit verdict is over
             return self._queue.popleft(), iface
 
+    def _take_due_retries(self, now: float) -> None:
+        """Under the lock: DMs whose delivery failed go back to the head of the queue."""
+        for attempt, item in reversed(self._delivery.due_retries(now)):
+            item.attempt, item.resends, item.unconfirmed_id, item.created = attempt, 0, None, now
+            self._queue.appendleft(item)
+
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
         if item.client_packet is not None:
             item.unconfirmed_id = item.client_packet.id
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         with self._cond:
-            self._inflight_id, self._inflight_res, self._inflight_rate_limited = packet_id, None, False
+            self._inflight_id, self._inflight_report, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
         # A client's text is a person's, not the bot's: a user sending the same words (a
         # command, say) must not be taken for an echo of it.
@@ -291,7 +364,7 @@ class MessageSender:
                     item.to,
                     item.channel,
                     reply_id=item.reply_to,
-                    want_ack=item.to != BROADCAST_NUM,  # a DM is retried by the firmware until acknowledged
+                    want_ack=item.is_dm,  # a DM is retried by the firmware until acknowledged
                     packet_id=packet_id,
                 )
         except TxQueueFull as exc:
@@ -311,27 +384,29 @@ class MessageSender:
             return
         written_at = time.monotonic()
         with self._cond:
-            verdict = self._await_verdict(iface)
+            report = self._await_verdict(iface, packet_id, written_at)
             self._inflight_id = None
-            if verdict is None:  # link lost before the node said anything
+            if report is None:  # link lost before the node said anything
                 item.unconfirmed_id = packet_id
                 self._requeue(item)
                 return
-            self._next_send_at = written_at + self._gap(item.text)
-            if verdict == 0 and not self._inflight_rate_limited:
-                self._accepted(packet_id, item)
+            why = self._refusal(report)
+            if why is None:
+                # Counted from when the node's word arrived, not from the write: see above.
+                self._next_send_at = report.at + self._gap(item.text, iface)
+                self._accepted(packet_id, item, report.at)
             else:
-                why = "rate limited by the node" if self._inflight_rate_limited else f"rejected by the node (res={verdict})"
-                self._reject(item, why, written_at)
+                self._reject(item, why, report.at)
 
-    def _await_verdict(self, iface: Any) -> Optional[int]:
-        """Under the lock: the node's res for the in-flight packet; None if the link died first."""
+    def _await_verdict(self, iface: Any, packet_id: int, written_at: float) -> Optional[QueueReport]:
+        """Under the lock: the node's queueStatus for the in-flight packet; None if the link
+        died first. Firmware that never sends one: a successful write is all we will know."""
         if not iface.answers_queue_status:
-            return 0  # old firmware: a successful write is all we will ever know
+            return QueueReport(packet_id, 0, 0, 0, written_at)
         # The link's own timeout ends a silent node's link; this bound only covers a node
         # that answers probes but not this packet, so that the outbox never stalls.
         give_up_at = time.monotonic() + self._settings.LINK_TIMEOUT_S
-        while self._inflight_res is None and not self._inflight_rate_limited:
+        while self._inflight_report is None and not self._inflight_rate_limited:
             if not iface.alive:
                 return None
             if time.monotonic() >= give_up_at:
@@ -339,22 +414,47 @@ class MessageSender:
                     "no status from the node %g s after %s; assuming it was sent",
                     self._settings.LINK_TIMEOUT_S, self._inflight_label,
                 )
-                return 0
+                return QueueReport(packet_id, 0, 0, 0, time.monotonic())
             self._cond.wait(0.25)
-        return self._inflight_res if self._inflight_res is not None else 0
+        return self._inflight_report or QueueReport(packet_id, 0, 0, 0, time.monotonic())
 
-    def _accepted(self, packet_id: int, item: OutgoingText) -> None:
+    def _refusal(self, report: QueueReport) -> Optional[str]:
+        """Under the lock: why the node did not take the in-flight text, or None if it did.
+
+        Firmware 2.7 refuses a text that came too soon with res = 0 and nothing else; the
+        only trace is the TX queue's `free`, which an accepted text lowers (it waits there
+        until the radio sends it). So once this node's statuses have shown an accepted
+        text in the queue, a status showing the queue still empty (`free == maxlen`) means
+        refused. A `free` merely unchanged is not taken for a refusal: another packet may
+        have left the queue meanwhile, and a false refusal would put the text on the air
+        twice. The pacing (`_gap`) is what keeps the node from refusing in the first place.
+        """
+        if self._inflight_rate_limited:
+            return "rate limited by the node"
+        if report.res:
+            return f"rejected by the node (res={report.res})"
+        if report.maxlen:
+            if report.free < report.maxlen:
+                self._queue_shows_texts = True
+            elif self._queue_shows_texts:
+                return "not taken by the node (res=0 but its TX queue stayed empty: its 2 s text limit?)"
+        return None
+
+    def _accepted(self, packet_id: int, item: OutgoingText, now: float) -> None:
         self._sent += 1
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
             self._recent_ids.popitem(last=False)
+        if item.is_dm and not item.from_client:  # a client tracks its own DMs' ACKs
+            self._delivery.track(packet_id, item, item.to, item.label(), now, item.attempt)
         log.debug("sent %s (%d B, id %08x)", item.label(), utf8_len(item.text), packet_id)
         if self.text_sent_listener is not None:
             self.text_sent_listener(packet_id, item)
 
     def _reject(self, item: OutgoingText, why: str, now: float) -> None:
         """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
+        self._refused += 1
         if item.from_client:
             # The client got the node's queueStatus for its packet and decides; a resend
             # would need its id, which the node now ignores as seen.
@@ -375,8 +475,11 @@ class MessageSender:
         self._queue.appendleft(item)
         self._cond.notify_all()
 
-    def _gap(self, text: str) -> float:
+    def _gap(self, text: str, iface: Any) -> float:
+        """Least time from the node's word on this text to the next text."""
         gap = self._settings.MIN_TEXT_INTERVAL_S
+        if enforces_text_limit(iface.firmware_version):
+            gap = max(gap, FIRMWARE_TEXT_INTERVAL_S + _TEXT_LIMIT_MARGIN_S)
         radio = self._link.status.radio
         if self._settings.PACE_BY_AIRTIME and radio is not None:
             gap = max(gap, radio.airtime_s(utf8_len(text)))
@@ -391,7 +494,7 @@ class MessageSender:
         for item in self._queue:
             if now - item.created > ttl:
                 self._dropped += 1
-                log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
+                self._expired_warning.log("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
             else:
                 kept.append(item)
         self._queue = kept
