@@ -408,3 +408,23 @@ def test_handshake_order_and_special_nonces() -> None:
     assert kinds(7) == full + ["node_info", "fileInfo", "config_complete_id"]
     assert kinds(69420) == full + ["fileInfo", "config_complete_id"]
     assert kinds(69421) == ["node_info", "node_info", "config_complete_id"]
+
+
+def test_api_admin_modes() -> None:
+    from meshbot.share.admin import admin_refusal
+
+    def admin(**fields: Any) -> mesh_pb2.MeshPacket:
+        packet = mesh_pb2.MeshPacket(to=OWN, id=1)
+        packet.decoded.portnum = ADMIN
+        packet.decoded.payload = admin_pb2.AdminMessage(**fields).SerializeToString()
+        return packet
+
+    get = admin(get_config_request=admin_pb2.AdminMessage.ConfigType.LORA_CONFIG)
+    change = admin(set_owner=mesh_pb2.User(long_name="x"))
+    reset = admin(factory_reset_device=1)
+    encrypted = mesh_pb2.MeshPacket(to=OWN, id=2, encrypted=b"\x01\x02")
+    assert admin_refusal(get, "read") is None
+    assert (admin_refusal(change, "read"), admin_refusal(reset, "read")) == ("set_owner", "factory_reset_device")
+    assert admin_refusal(encrypted, "read") == "an encrypted admin message"
+    assert all(admin_refusal(p, "full") is None for p in (get, change, reset, encrypted))
+    assert admin_refusal(get, "none") == "get_config_request"
