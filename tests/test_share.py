@@ -27,8 +27,9 @@ from meshbot.share.handshake import NodeSnapshot
 from meshbot.sim.node import SentText, SimulatedNode
 from tests.conftest import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = Path(sys.executable).parent / "meshtastic"
+# The library's own `meshtastic` command, next to this Python (a venv); else the same main().
+_SCRIPT = Path(sys.executable).parent / "meshtastic"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "meshtastic"]
 ALICE, BOB = 0x1A2B3C01, 0x1A2B3C02
 OWN = 0x5EED0B07
 TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
@@ -135,7 +136,7 @@ def _ack_dms(node: SimulatedNode) -> None:
 
 def cli(port: int, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(CLI), "--host", f"127.0.0.1:{port}", *args], capture_output=True, text=True, timeout=60, cwd="/tmp"
+        [*CLI, "--host", f"127.0.0.1:{port}", *args], capture_output=True, text=True, timeout=60, cwd="/tmp"
     )
 
 
