@@ -22,6 +22,7 @@ from meshtastic.protobuf import portnums_pb2
 
 from meshbot.config import Settings
 from meshbot.dedup import RecentKeys
+from meshbot.outbox.policy import TextKind
 from meshbot.ratelimit import Decision, RateLimiter
 
 if TYPE_CHECKING:
@@ -236,6 +237,10 @@ class Router:
             log.info("ignored our own broadcast echoed back by !%08x", message.sender)
             return
         is_dm = own_num is not None and message.to == own_num
+        if not is_dm and services.sender.governor.dm_only():
+            # The channel is over CHANNEL_UTIL_MAX_PCT: the bot adds nothing to it.
+            services.sender.governor.not_answered(f"/{name}", message.sender, message.channel)
+            return
         is_admin = self._authenticated_admin(message, is_dm)
         verdict = self._limiter.check(
             message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
@@ -302,7 +307,7 @@ class Router:
             services=services,
         )
         reply = self._run(ctx)
-        return services.sender.send(reply, channel=channel) if reply else 0
+        return services.sender.send(reply, channel=channel, kind=TextKind.SCHEDULED) if reply else 0
 
     def _authenticated_admin(self, message: InboundText, is_dm: bool) -> bool:
         if message.sender not in self._admins or not is_dm:
@@ -316,7 +321,9 @@ class Router:
         texts = 0
         if reply:
             to = message.sender if is_dm else BROADCAST_NUM
-            texts = self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+            texts = self._services.sender.send(
+                reply, to=to, channel=message.channel, reply_to=message.id, requester=message.sender, kind=TextKind.REPLY
+            )
         log.log(
             level,
             "%s from !%08x %s: %d text%s",
