@@ -340,14 +340,14 @@ class MessageSender:
             if not self._budget_held:
                 self._budget_held = True
                 log.warning(
-                    "airtime budget spent: %.0f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.0f s); holding %d texts",
+                    "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %d texts",
                     self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s, len(self._queue),
                 )
             return None, wait
         if self._budget_held and self.budget.wait_s(self.budget.budget_s * _BUDGET_BACK_SHARE) <= 0:
             self._budget_held = False
             log.info(
-                "airtime budget back: %.0f s of %.0f s used in the last hour; sending %d held texts",
+                "airtime budget back: %.1f s of %.1f s used in the last hour; sending %d held texts",
                 self.budget.spent(), self.budget.budget_s, len(self._queue),
             )
         return index, 0.0
