@@ -335,7 +335,19 @@ class MessageSender:
                     index = policy.pick(self._queue, eligible, known, self.budget.spent_by, strangers=False, ordered=True)
         if index is None:
             return None, _HOLD_RECHECK_S  # the channel is busy, or strangers used their share
-        wait = self.budget.wait_s(self._airtime(self._queue[index].text))
+        cost = self._airtime(self._queue[index].text)
+        wait = self.budget.wait_s(cost)
+        if math.isinf(wait):
+            # Longer on air than the whole budget (a tiny budget on a slow preset): it
+            # would wait forever and block the texts behind it.
+            item = self._queue[index]
+            del self._queue[index]
+            self._dropped += 1
+            log.warning(
+                "dropped %s: %.1f s on air, more than the whole airtime budget (AIRTIME_BUDGET_PCT %g %% = %.1f s)",
+                item.label(), cost, self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s,
+            )
+            return None, 0.0
         if wait > 0:
             if not self._budget_held:
                 self._budget_held = True
