@@ -67,13 +67,21 @@ def airtime(bot, texts) -> float:  # type: ignore[no-untyped-def]
     return sum(radio.airtime_s(utf8_len(t.text)) for t in texts)
 
 
-def spend_the_budget(bot, node: SimulatedNode, caplog) -> int:  # type: ignore[no-untyped-def]
-    """Send the bot's own short texts until the budget holds one; return how many went out."""
-    for i in range(12):
-        bot.sender.send(f"filler {i:02d}")
+def filler(i: int, size: int = 150) -> str:
+    """One of the bot's own texts, `size` bytes (150: 1.58 s on LONG_FAST: two fill 3.6 s
+    but for 0.43 s, less than any reply costs)."""
+    return f"filler {i:02d} ".ljust(size, "x")
+
+
+def spend_the_budget(bot, node: SimulatedNode, caplog, count: int = 3, size: int = 150) -> int:  # type: ignore[no-untyped-def]
+    """Send `count` of the bot's own texts, more than the budget takes; return how many went out.
+
+    Few texts on purpose: every text costs the firmware's 2 s gap on a 2.7 node."""
+    for i in range(count):
+        bot.sender.send(filler(i, size))
     wait_until(lambda: "airtime budget spent" in caplog.text, 10)
     sent = len(node.texts)
-    assert 0 < sent < 12
+    assert 0 < sent < count
     assert airtime(bot, node.texts) <= bot.sender.budget.budget_s
     return sent
 
@@ -148,105 +156,102 @@ def test_budget_holds_texts_and_sends_them_when_the_hour_has_passed(node, start_
     caplog.set_level(logging.INFO, logger="meshbot")
     clock = Clock()
     bot = start(start_bot, node, clock)
-    sent = spend_the_budget(bot, node, caplog)
-    assert held_count(bot) == 12 - sent
-    clock.skip(HOUR)
-    texts = node.wait_texts(min(12, 2 * sent), 10)
-    assert len(texts) == min(12, 2 * sent)
-    # Every hour holds at most the budget: the first batch, then the second, an hour later.
-    assert airtime(bot, texts[sent:]) <= bot.sender.budget.budget_s
-    assert [t.text for t in texts] == [f"filler {i:02d}" for i in range(len(texts))]
-    assert caplog.text.count("airtime budget spent") == 1 + (1 if 2 * sent < 12 else 0)
-    assert caplog.text.count("airtime budget back") == 1
+    assert spend_the_budget(bot, node, caplog) == 2  # two 150-byte texts in 3.6 s
+    assert held_count(bot) == 1
     warning = next(r for r in caplog.records if "airtime budget spent" in r.getMessage())
-    assert warning.levelno == logging.WARNING and "texts" in warning.getMessage()
-    held = int(re.search(r"holding (\d+) texts", warning.getMessage()).group(1))
-    assert 1 <= held <= 12 - sent
+    assert warning.levelno == logging.WARNING and "holding 1 text" in warning.getMessage()
+    assert "airtime budget back" not in caplog.text
+    clock.skip(HOUR)
+    texts = node.wait_texts(3, 10)
+    assert [t.text for t in texts] == [filler(0), filler(1), filler(2)]
+    wait_until(lambda: held_count(bot) == 0, 5)
+    assert caplog.text.count("airtime budget spent") == 1
+    assert caplog.text.count("airtime budget back") == 1
     info = next(r for r in caplog.records if "airtime budget back" in r.getMessage())
     assert info.levelno == logging.INFO
+    # Each hour held no more than the budget.
+    assert airtime(bot, texts[:2]) <= bot.sender.budget.budget_s
+    assert bot.sender.budget.spent() == airtime(bot, texts[2:])
 
 
 def test_held_texts_still_expire_with_the_ttl(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     bot = start(start_bot, node, Clock(), OUTBOX_TTL_S=1.0)
-    sent = spend_the_budget(bot, node, caplog)
+    spend_the_budget(bot, node, caplog, count=4)
     wait_until(lambda: held_count(bot) == 0, 5)
-    assert caplog.text.count("not sent within OUTBOX_TTL_S") == 12 - sent
-    assert len(node.texts) == sent
+    assert caplog.text.count("not sent within OUTBOX_TTL_S") == 2
+    assert len(node.texts) == 2
 
 
 def test_a_known_nodes_dm_goes_before_a_strangers(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     clock = Clock()
     bot = start(start_bot, node, clock)
-    sent = spend_the_budget(bot, node, caplog)
+    spend_the_budget(bot, node, caplog)
     stranger_id = node.user_text(STRANGER, "/ping", dm=True)
-    wait_until(lambda: held_count(bot) == 12 - sent + 1, 5)
+    wait_until(lambda: held_count(bot) == 2, 5)
     known_id = node.user_text(ALICE, "/ping", dm=True)
-    wait_until(lambda: held_count(bot) == 12 - sent + 2, 5)
-    clock.skip(HOUR)
-    first = node.wait_texts(sent + 1, 10)[sent]
-    assert (first.to, first.reply_id) == (ALICE, known_id)
-    # The stranger's turn comes after every known requester's (the bot's own texts too).
-    texts = node.wait_texts(sent + 2, 10)
-    assert texts[sent + 1].reply_id != stranger_id
+    wait_until(lambda: held_count(bot) == 3, 5)
+    clock.skip(HOUR)  # room for all three (0.8 + 1.6 + 0.8 s), in priority order
+    texts = node.wait_texts(5, 10)[2:]
+    assert [(t.to, t.reply_id) for t in texts] == [(ALICE, known_id), (BROADCAST_NUM, 0), (STRANGER, stranger_id)]
 
 
 def test_a_reply_goes_before_a_scheduled_broadcast(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     clock = Clock()
     bot = start(start_bot, node, clock)
-    sent = spend_the_budget(bot, node, caplog)
+    spend_the_budget(bot, node, caplog)
     bot.sender.send("scheduled weather", channel=0, kind=TextKind.SCHEDULED)
+    wait_until(lambda: held_count(bot) == 2, 5)
     reply_id = node.user_text(BOB, "/ping", channel=0)
-    wait_until(lambda: held_count(bot) == 12 - sent + 2, 5)
-    texts = drain(node, clock, 14)
-    # Queued before the reply, the broadcast comes after it and after every other reply
-    # (the bot's own held texts included).
-    assert [t.reply_id for t in texts].index(reply_id) < 13
-    assert texts[-1].text == "scheduled weather"
+    wait_until(lambda: held_count(bot) == 3, 5)
+    clock.skip(HOUR)
+    texts = node.wait_texts(5, 10)[2:]
+    # Queued before the reply, the broadcast goes after it (and after the bot's held text).
+    assert sorted(t.reply_id for t in texts[:2]) == [0, reply_id]
+    assert texts[2].text == "scheduled weather"
 
 
 def test_two_requesters_share_the_airtime_turn_by_turn(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     clock = Clock()
-    bot = start(start_bot, node, clock, MAX_TEXT_BYTES=60, MAX_CHUNKS=4)
-    sent = spend_the_budget(bot, node, caplog)
+    # Texts of 110 bytes: 1.3 s each on LONG_FAST, two an hour in a budget of 3.6 s.
+    bot = start(start_bot, node, clock, MAX_TEXT_BYTES=110, MAX_CHUNKS=4)
+    sent = spend_the_budget(bot, node, caplog, count=3, size=110)
     node.user_text(ALICE, "/long", dm=True)
-    wait_until(lambda: held_count(bot) == 12 - sent + 4, 5)
+    wait_until(lambda: held_count(bot) == 3 - sent + 4, 5)
     node.user_text(BOB, "/long", dm=True)
-    wait_until(lambda: held_count(bot) == 12 - sent + 8, 5)
-    # An hour at a time (three texts of 60 bytes fit in 3.6 s), until six replies went out.
-    replies = [t for t in drain(node, clock, sent + 6) if t.to in (ALICE, BOB)]
-    # First come is not first served: Alice asked first, yet Bob's texts alternate with hers.
-    assert [t.to for t in replies[:6]] == [ALICE, BOB, ALICE, BOB, ALICE, BOB]
+    wait_until(lambda: held_count(bot) == 3 - sent + 8, 5)
+    replies = [t for t in drain(node, clock, sent + 4) if t.to in (ALICE, BOB)]
+    # First come is not first served: Alice asked first, yet her texts and Bob's alternate.
+    assert [t.to for t in replies] == [ALICE, BOB, ALICE, BOB]
     for user in (ALICE, BOB):
-        assert [t.text[-6:] for t in replies if t.to == user][:3] == [" (1/4)", " (2/4)", " (3/4)"]
+        assert [t.text[-6:] for t in replies if t.to == user] == [" (1/4)", " (2/4)"]
 
 
 def test_a_stranger_gets_one_text_per_command_a_known_node_all(node, start_bot):
-    start_bot(node, modules=(*handlers.MODULES, long_module()), MAX_CHUNKS=4)
-    node.user_text(STRANGER, "/long", dm=True)
+    start_bot(node, modules=(*handlers.MODULES, long_module()), MAX_CHUNKS=2)
+    stranger_id = node.user_text(STRANGER, "/long", dm=True)
     node.user_text(ALICE, "/long", dm=True)
-    texts = node.wait_texts(5, 10)
-    to_stranger = [t for t in texts if t.to == STRANGER]
-    assert len(to_stranger) == 1 and to_stranger[0].text.endswith(ELLIPSIS)
-    assert utf8_len(to_stranger[0].text) <= 200
-    assert len([t for t in texts if t.to == ALICE]) == 4
+    wait_until(lambda: len([t for t in node.texts if t.to == ALICE]) == 2, 10)
+    to_stranger = [t for t in node.texts if t.to == STRANGER]
+    assert len(to_stranger) == 1 and to_stranger[0].reply_id == stranger_id
+    assert to_stranger[0].text.endswith(ELLIPSIS) and utf8_len(to_stranger[0].text) <= 200
 
 
 def test_strangers_together_get_at_most_half_the_budget(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     clock = Clock()
     bot = start(start_bot, node, clock, AIRTIME_BUDGET_PCT=0.2)  # 7.2 s: 3.6 s for strangers
-    for i in range(12):
-        node.user_text(0x0BAD0100 + i, "/ping", dm=True)  # twelve forged ids
-    wait_until(lambda: "strangers' share of the airtime budget spent" in caplog.text, 10)
+    for i in range(6):
+        node.user_text(0x0BAD0100 + i, "/ping", dm=True)  # six forged ids; 3.6 s takes four replies
+    wait_until(lambda: "strangers' share of the airtime budget spent" in caplog.text, 15)
     known_id = node.user_text(ALICE, "/ping", dm=True)
     reply = wait_until(lambda: [t for t in node.texts if t.reply_id == known_id], 10)[0]
     to_strangers = [t for t in node.texts if t.to != ALICE]
     assert airtime(bot, to_strangers) <= bot.sender.budget.budget_s / 2
-    assert reply.to == ALICE and len(to_strangers) < 12
+    assert reply.to == ALICE and len(to_strangers) == 4
 
 
 # --- the channel governor ----------------------------------------------------------------------
@@ -255,6 +260,7 @@ def test_polite_channel_one_text_on_channels_broadcasts_wait_schedule_skipped(no
     bot = start_bot(
         node,
         modules=(*handlers.MODULES, long_module()),
+        MAX_CHUNKS=2,
         SCHEDULED_BROADCASTS=[{"every_s": 1.0, "text": "scheduled hello"}],
     )
     assert node.send_telemetry(channel_utilization=31.5, air_util_tx=2.0)
@@ -264,7 +270,7 @@ def test_polite_channel_one_text_on_channels_broadcasts_wait_schedule_skipped(no
     bot.sender.send("an admin's /bc", kind=TextKind.BROADCAST)
     on_channel = node.user_text(ALICE, "/long", channel=0)
     by_dm = node.user_text(BOB, "/long", dm=True)
-    wait_until(lambda: len([t for t in node.texts if t.reply_id == by_dm]) == 4, 10)
+    wait_until(lambda: len([t for t in node.texts if t.reply_id == by_dm]) == 2, 10)
     wait_until(lambda: "scheduled broadcast #0 skipped" in caplog.text, 5)
     assert len([t for t in node.texts if t.reply_id == on_channel]) == 1
     assert not [t for t in node.texts if t.text == "scheduled hello" and t.at > polite_since]

@@ -43,7 +43,7 @@ from meshbot.outbox.airtime import radio_params
 from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.governor import ChannelGovernor
 from meshbot.outbox.policy import TextKind, is_known_node
-from meshbot.text import split_text, utf8_len
+from meshbot.text import counted, split_text, utf8_len
 
 log = logging.getLogger(__name__)
 
@@ -352,15 +352,15 @@ class MessageSender:
             if not self._budget_held:
                 self._budget_held = True
                 log.warning(
-                    "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %d texts",
-                    self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s, len(self._queue),
+                    "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %s",
+                    self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s, counted(len(self._queue), "text"),
                 )
             return None, wait
         if self._budget_held and self.budget.wait_s(self.budget.budget_s * _BUDGET_BACK_SHARE) <= 0:
             self._budget_held = False
             log.info(
-                "airtime budget back: %.1f s of %.1f s used in the last hour; sending %d held texts",
-                self.budget.spent(), self.budget.budget_s, len(self._queue),
+                "airtime budget back: %.1f s of %.1f s used in the last hour; sending %s held",
+                self.budget.spent(), self.budget.budget_s, counted(len(self._queue), "text"),
             )
         return index, 0.0
 
