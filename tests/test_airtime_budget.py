@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 import types
 

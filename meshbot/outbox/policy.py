@@ -1,6 +1,8 @@
 """Who goes first when airtime is scarce, and how many texts a reply may cost.
 
-The outbox asks `pick()` for the next text each time it may send one. Order:
+The outbox asks `pick()` for the next text each time it may send one. While every queued
+text fits in what is left of the hour's budget and none is for a stranger or a broadcast,
+there is nothing to arbitrate and texts go in arrival order (`ordered=False`). Otherwise:
 
 1. a DM reply to a node the bot knows (its NodeInfo was heard: the node DB has its
    `user`); the bot's own texts without a requester count as known;
