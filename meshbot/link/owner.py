@@ -28,6 +28,7 @@ from pubsub import pub
 from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
+from meshbot.link.nodedb import HeardClock
 from meshbot.link.interface import (
     LinkEvents,
     LinkLost,
@@ -198,6 +199,8 @@ class NodeLink:
         self._thread = threading.Thread(target=self._run, name="link", daemon=True)
         self._quick_closes = 0
         self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
+        # When the bot last heard each node, across connections; it also bounds the node DB.
+        self.heard = HeardClock(settings.NODE_DB_MAX)
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
 
@@ -441,6 +444,7 @@ class NodeLink:
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
             link_timeout_s=s.LINK_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 
@@ -455,6 +459,7 @@ class NodeLink:
             device,
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 
