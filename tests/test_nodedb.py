@@ -66,11 +66,15 @@ def test_node_db_keeps_node_db_max_evicting_plain_then_keyed_never_own_or_favour
         iface = bot.sender.get_interface()
         assert set(iface.nodesByNum) == {node.node_num, *FAVOURITES, *KEYED, *PLAIN}
 
-        # 30 new senders with no key: the plain nodes go first, oldest first.
+        # A real node speaks, then 30 new senders with no key: the plain nodes go first, oldest first.
+        node.deliver(node.packet_from(KEYED[0]))
         spoofed = [0x5F000000 + i for i in range(30)]
         node.deliver_many([node.packet_from(num) for num in spoofed])
         wait_until(lambda: spoofed[-1] in iface.nodesByNum, 5)
         assert set(iface.nodesByNum) == {node.node_num, *FAVOURITES, *KEYED, *spoofed[-6:]}
+        # The bot's clock is bounded the same way, and keeps the real node's time through the flood.
+        heard = bot.link.heard.snapshot()
+        assert len(heard) == 10 and KEYED[0] in heard and spoofed[0] not in heard
 
         # 8 new senders with a public key: the plain ones go, then the older keyed ones.
         keyed_spoofs = [0x6E000000 + i for i in range(8)]
@@ -101,6 +105,12 @@ def test_nodes_lists_nodes_heard_with_rx_time_zero_on_the_bots_clock(start_bot):
         listed = texts[0][len("nodes 1/1: ") :].split(", ")
         assert [entry.split()[0] for entry in listed] == ["CARL", "ALIC"]  # the most recent first
         assert "BOB" not in texts[0]
+        # The bot's record outlives the connection (each one brings a fresh node DB).
+        node.drop()
+        assert node.wait_connected(10, handshakes=2)
+        wait_until(lambda: ask(node, BOB, "/ping"), 10)
+        text = ask(node, BOB, "/nodes")[0].text
+        assert [entry.split()[0] for entry in text[len("nodes 1/1: ") :].split(", ")] == ["BOB", "CARL", "ALIC"]
 
 
 def test_nodes_falls_back_to_the_node_dbs_last_heard(node, start_bot):

@@ -269,18 +269,14 @@ class _HardenedStream:
             if routing.error_reason:
                 self.events.routing_error(decoded.request_id, routing.error_reason)
         sender = getattr(meshPacket, "from")
-        own = self.myInfo.my_node_num if self.myInfo is not None else None
-        if sender and sender != own:
-            self.node_db.clock.heard(sender)
+        other = bool(sender) and sender != (self.myInfo.my_node_num if self.myInfo is not None else None)
+        if other:
+            self.node_db.heard(self, sender)  # before a handler can see the packet
             if not self.publish_backlog.admit():
                 return
         super()._handlePacketFromRadio(meshPacket, hack)  # type: ignore[misc]
-        node = self.nodesByNum.get(sender) if sender and self.nodesByNum is not None else None
-        if node is not None:
-            # The library keeps the whole last packet (dict and protobuf) in the node's
-            # entry, the largest part of it; nothing reads it.
-            node.pop("lastReceived", None)
-            self.node_db.touched(self, sender)
+        if other:
+            self.node_db.handled(self, sender)
 
     def _getOrCreateByNum(self, nodeNum: int) -> dict:
         new = self.nodesByNum is not None and nodeNum not in self.nodesByNum

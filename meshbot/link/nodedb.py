@@ -37,41 +37,47 @@ _TIERS = (_PLAIN, _KEYED, _FAVOURITE)
 class HeardClock:
     """When the bot last heard each node (any packet from it), on its monotonic clock.
 
-    Bounded like the node DB: past `max_nodes` entries the least recently heard one is
-    forgotten. Written on the library's reader thread, read by handlers: one lock.
+    Bounded like the node DB: past `max_nodes` entries the least recently heard node is
+    forgotten, plain nodes before nodes worth keeping (favourites, nodes with a public
+    key), so a flood of invented ids does not wipe out what the bot knows of the real
+    nodes. Written on the library's reader thread, read by handlers: one lock.
     """
 
     def __init__(self, max_nodes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_nodes = max_nodes
         self._clock = clock
-        self._heard: collections.OrderedDict[int, float] = collections.OrderedDict()  # oldest first
+        # Oldest first in each; a node is in one of them.
+        self._plain: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._kept: collections.OrderedDict[int, float] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def heard(self, num: int) -> float:
-        """Record a packet from `num` now; return the time recorded."""
+    def heard(self, num: int, keep: bool = False) -> float:
+        """Record a packet from `num` now (`keep`: a node worth keeping); return the time."""
         now = self._clock()
+        into, other = (self._kept, self._plain) if keep else (self._plain, self._kept)
         with self._lock:
-            self._heard[num] = now
-            self._heard.move_to_end(num)
-            while len(self._heard) > self.max_nodes:
-                self._heard.popitem(last=False)
+            other.pop(num, None)
+            into[num] = now
+            into.move_to_end(num)
+            while len(self._plain) + len(self._kept) > self.max_nodes:
+                (self._plain or self._kept).popitem(last=False)
         return now
 
     def heard_at(self, num: int) -> Optional[float]:
         """When `num` was last heard (monotonic), or None if not since the bot started."""
         with self._lock:
-            return self._heard.get(num)
+            return self._plain.get(num, self._kept.get(num))
 
     def snapshot(self) -> dict[int, float]:
         """Node number -> monotonic time last heard, a copy."""
         with self._lock:
-            return dict(self._heard)
+            return {**self._plain, **self._kept}
 
     def now(self) -> float:
         return self._clock()
 
     def __len__(self) -> int:
-        return len(self._heard)
+        return len(self._plain) + len(self._kept)
 
 
 def tier(node: dict[str, Any]) -> int:
@@ -101,9 +107,9 @@ def recency(num: int, node: dict[str, Any], heard: dict[int, float], mono_now: f
 class NodeDbLimiter:
     """Keeps one interface's node DB within `max_nodes` entries (its own node not counted).
 
-    The interface calls `created()` when the library added an entry after the handshake,
-    `touched()` after each packet it handled, and `handshake_done()` once the node sent
-    its whole DB. Everything runs on the library's reader thread, which owns the node DB.
+    The interface calls `heard()` when a packet from another node arrives, `created()`
+    when the library added an entry for it (after the handshake), `handled()` once the
+    library is done with the packet, and `handshake_done()` once the node sent its whole DB. Everything runs on the library's reader thread, which owns the node DB.
     Eviction is O(1) per new sender: one insertion-ordered dict per tier, least recently
     heard first.
     """
@@ -140,14 +146,27 @@ class NodeDbLimiter:
         self._place(num, _PLAIN)
         self._evict(iface, keep=num)
 
-    def touched(self, iface: Any, num: int) -> None:
-        """A packet from `num` was handled: it moves to the recent end of its (maybe new) tier."""
-        if not self._tracking:
+    def heard(self, iface: Any, num: int) -> None:
+        """A packet from `num` (not the own node) arrived: record it on the clock now, before
+        the packet reaches a handler (`/nodes` from a node lists that node)."""
+        node = iface.nodesByNum.get(num) if iface.nodesByNum is not None else None
+        self.clock.heard(num, keep=node is not None and tier(node) != _PLAIN)
+
+    def handled(self, iface: Any, num: int) -> None:
+        """The library handled that packet: move the node to the recent end of its (maybe
+        new: the packet may have been its NodeInfo) tier, and drop the packet the library
+        keeps in the entry (`lastReceived`: the dict and the protobuf, half of an entry's
+        memory; nothing reads it)."""
+        node = iface.nodesByNum.get(num) if iface.nodesByNum is not None else None
+        if node is None:
             return
-        node = iface.nodesByNum.get(num)
-        if node is not None and num != _own_num(iface):
-            self._place(num, tier(node))
-        self._prune_ids(iface)
+        node.pop("lastReceived", None)
+        node_tier = tier(node)
+        if node_tier != _PLAIN:
+            self.clock.heard(num, keep=True)  # it may have just become worth keeping
+        if self._tracking:
+            self._place(num, node_tier)
+            self._prune_ids(iface)
 
     # --- internals ---------------------------------------------------------------------------
     def _place(self, num: int, new_tier: int) -> None:
@@ -178,29 +197,34 @@ class NodeDbLimiter:
         self._prune_ids(iface)
 
     def _oldest(self, nodes: dict[int, dict[str, Any]], keep: Optional[int]) -> Optional[int]:
-        """The least recently heard node of the lowest tier (its tier checked again: a node
-        may have sent its key or become a favourite since it was placed)."""
-        for tier_index in _TIERS:
-            order = self._order[tier_index]
-            found, stale = None, []
-            for num in order:  # nearly always stops at the first entry
-                if num == keep:
-                    continue
-                node = nodes.get(num)
-                if node is None or tier(node) != tier_index:
-                    stale.append(num)
-                    continue
-                found = num
-                break
-            for num in stale:
-                node = nodes.get(num)
-                if node is None:
-                    self._forget(num)
-                else:
-                    self._place(num, tier(node))
-            if found is not None:
-                return found
-        return None
+        """The least recently heard node of the lowest tier. Tiers are checked again on the
+        way: a node may have sent its key, or a NodeInfo without one, since it was placed."""
+        while True:
+            moved_down = False
+            for tier_index in _TIERS:
+                found, stale = None, []
+                for num in self._order[tier_index]:  # nearly always stops at the first entry
+                    if num == keep:
+                        continue
+                    node = nodes.get(num)
+                    if node is None or tier(node) != tier_index:
+                        stale.append(num)
+                        continue
+                    found = num
+                    break
+                for num in stale:
+                    node = nodes.get(num)
+                    if node is None:
+                        self._forget(num)
+                    else:
+                        moved_down = moved_down or tier(node) < tier_index
+                        self._place(num, tier(node))
+                if moved_down:
+                    break  # a node went to a tier already looked at: look again
+                if found is not None:
+                    return found
+            else:
+                return None
 
     def _remove(self, iface: Any, num: int) -> None:
         self._forget(num)
