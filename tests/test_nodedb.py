@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import meshtastic
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from pubsub import pub
@@ -21,7 +22,8 @@ PLAIN = (0x0AA10001, 0x0AA10002, 0x0AA10003)
 
 class NodeDbNode(SimulatedNode):
     """A simulated node whose DB has favourites and nodes with a public key, and which may
-    have no clock (then, like the firmware, it never records when it heard a node)."""
+    have no clock (then, like the firmware, it stamps rx_time 0 and never records when it
+    heard a node). Both stamps are set here, whatever the simulated node's own default."""
 
     def __init__(self, *, has_clock: bool = True, favourites: tuple[int, ...] = (), keyed: tuple[int, ...] = (), **kwargs: object) -> None:
         super().__init__(text_rate_limit_s=None, **kwargs)  # type: ignore[arg-type]
@@ -31,8 +33,7 @@ class NodeDbNode(SimulatedNode):
 
     def _node_info(self, user: SimUser) -> mesh_pb2.NodeInfo:
         info = super()._node_info(user)
-        if not self.has_clock:
-            info.last_heard = 0
+        info.last_heard = int(time.time()) - 60 if self.has_clock else 0
         if user.num in self.favourites:
             info.is_favorite = True
         if user.num in self.keyed:
@@ -41,8 +42,7 @@ class NodeDbNode(SimulatedNode):
 
     def user_packet(self, user: SimUser | int, text: str | bytes, **kwargs: object) -> mesh_pb2.MeshPacket:
         packet = super().user_packet(user, text, **kwargs)  # type: ignore[arg-type]
-        if not self.has_clock:
-            packet.rx_time = 0  # what the firmware stamps without a trusted time
+        packet.rx_time = int(time.time()) if self.has_clock else 0  # 0: the firmware without a trusted time
         return packet
 
     def packet_from(self, num: int, *, key: bool = False) -> mesh_pb2.MeshPacket:
@@ -113,11 +113,12 @@ def test_nodes_lists_nodes_heard_with_rx_time_zero_on_the_bots_clock(start_bot):
         assert [entry.split()[0] for entry in text[len("nodes 1/1: ") :].split(", ")] == ["BOB", "CARL", "ALIC"]
 
 
-def test_nodes_falls_back_to_the_node_dbs_last_heard(node, start_bot):
-    start_bot(node)  # the default simulated node has a clock: its DB says "heard 60 s ago"
-    text = ask(node, CARL, "/nodes")[0].text
-    assert text.startswith("nodes 1/1: CARL 0s")
-    assert "ALIC 1m" in text and "BOB 1m 1hop" in text
+def test_nodes_falls_back_to_the_node_dbs_last_heard(start_bot):
+    with NodeDbNode(has_clock=True) as node:  # its DB says "heard 60 s ago"
+        start_bot(node)
+        text = ask(node, CARL, "/nodes")[0].text
+        assert text.startswith("nodes 1/1: CARL 0s")
+        assert "ALIC 1m" in text and "BOB 1m 1hop" in text
 
 
 def test_a_stalled_publisher_holds_a_bounded_backlog_and_the_link_stays_up(node, start_bot):
