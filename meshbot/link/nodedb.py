@@ -63,11 +63,6 @@ class HeardClock:
                 (self._plain or self._kept).popitem(last=False)
         return now
 
-    def heard_at(self, num: int) -> Optional[float]:
-        """When `num` was last heard (monotonic), or None if not since the bot started."""
-        with self._lock:
-            return self._plain.get(num, self._kept.get(num))
-
     def snapshot(self) -> dict[int, float]:
         """Node number -> monotonic time last heard, a copy."""
         with self._lock:
