@@ -57,6 +57,8 @@ CHANNEL_UTIL_MAX_PCT = 40.0
 HANDLER_THREADS = 4
 # Packets waiting for a worker; past it new packets are dropped. Expected: an integer from 10 to 100000.
 INBOUND_QUEUE_MAX = 1000
+# Most nodes kept in the node DB; past it the least recently heard is forgotten (favourites and nodes with a public key last). Expected: an integer from 10 to 100000.
+NODE_DB_MAX = 2000
 
 # --- Commands --------------------------------------------------------------
 # A packet seen again (same sender and id), or an echo of our own broadcast, within this is ignored. Expected: a number from 1 to 86400.
@@ -65,8 +67,8 @@ DEDUP_WINDOW_S = 600.0
 RATE_LIMIT_COUNT = 5
 # The rate limit's window. Expected: a number from 1 to 86400.
 RATE_LIMIT_WINDOW_S = 60.0
-# Node ids allowed to run admin commands (/bc). Expected: a list of node ids like '!a1b2c3d4'.
-# e.g. ADMIN_NODES = ['!a1b2c3d4']
+# Node ids allowed to run admin commands (/bc), each optionally pinned to its public key. Expected: a list of node ids like '!a1b2c3d4', each optionally followed by its public key: '!a1b2c3d4 <base64 key>'.
+# e.g. ADMIN_NODES = ['!a1b2c3d4', '!0badc0de pU7XmYQw8b0eEtL2hGJ0mVqk6Zc4y9sX1rN5tA3vQ3c=']
 ADMIN_NODES = ()
 # Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel). Expected: True or False.
 REQUIRE_PKI_FOR_ADMIN = True

@@ -11,6 +11,8 @@ does not restart-loop on a typo.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import ipaddress
@@ -73,16 +75,59 @@ _NODE_ID_RE = re.compile(r"^![0-9a-f]{8}$")
 _HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
 
-def parse_node_ids(value: Any) -> tuple[int, ...]:
-    """ADMIN_NODES: a list of node ids like '!a1b2c3d4' -> node numbers."""
+# Curve25519 public keys, as the apps and `meshtastic --info` show them: base64 of 32 bytes.
+PUBLIC_KEY_BYTES = 32
+ADMIN_NODES_FORM = "a list of node ids like '!a1b2c3d4', each optionally followed by its public key: '!a1b2c3d4 <base64 key>'"
+
+
+@dataclass(frozen=True)
+class AdminNode:
+    """One ADMIN_NODES entry: a node number and, if pinned, the public key it must use."""
+
+    num: int
+    public_key: Optional[bytes] = None  # None: not pinned
+
+    @property
+    def node_id(self) -> str:
+        return f"!{self.num:08x}"
+
+
+def parse_public_key(text: str) -> bytes:
+    """A base64 Curve25519 public key (32 bytes, 44 characters with its '=') -> bytes.
+
+    `meshtastic --get security` prints keys as 'base64:...': that prefix is accepted too.
+    """
+    if text.startswith("base64:"):
+        text = text[len("base64:") :]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{text!r} is not base64 (a public key looks like 'pU7Xm...Q3c=', 44 characters)") from None
+    if len(key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"{text!r} is {len(key)} bytes of base64; a public key is {PUBLIC_KEY_BYTES} bytes (44 characters)")
+    return key
+
+
+def parse_admin_nodes(value: Any) -> tuple[AdminNode, ...]:
+    """ADMIN_NODES: ['!a1b2c3d4', '!0badc0de <base64 public key>'] -> AdminNode entries."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of node ids like '!a1b2c3d4', got {value!r}")
-    nums = []
+        raise ValueError(f"expected {ADMIN_NODES_FORM}, got {value!r}")
+    admins: dict[int, AdminNode] = {}
     for item in value:
-        if not isinstance(item, str) or not _NODE_ID_RE.match(item.lower()):
+        if not isinstance(item, str):
             raise ValueError(f"{item!r} is not a node id: expected '!' and 8 hex digits, like '!a1b2c3d4'")
-        nums.append(int(item[1:], 16))
-    return tuple(nums)
+        words = item.split()
+        if not words or not _NODE_ID_RE.match(words[0].lower()) or len(words) > 2:
+            raise ValueError(
+                f"{item!r} is not a node id: expected '!' and 8 hex digits, like '!a1b2c3d4',"
+                " optionally followed by one space and the node's base64 public key"
+            )
+        num = int(words[0][1:], 16)
+        key = parse_public_key(words[1]) if len(words) == 2 else None
+        if num in admins:
+            raise ValueError(f"{words[0]} is listed twice")
+        admins[num] = AdminNode(num, key)
+    return tuple(admins.values())
 
 
 @dataclass(frozen=True)
@@ -415,6 +460,13 @@ class Settings:
     INBOUND_QUEUE_MAX: int = _key(
         1000, int, "Packets waiting for a worker; past it new packets are dropped.", low=10, high=100000
     )
+    NODE_DB_MAX: int = _key(
+        2000,
+        int,
+        "Most nodes kept in the node DB; past it the least recently heard is forgotten (favourites and nodes with a public key last).",
+        low=10,
+        high=100000,
+    )
     # --- commands --------------------------------------------------------------------
     DEDUP_WINDOW_S: float = _key(
         600.0, float, "A packet seen again (same sender and id), or an echo of our own broadcast, within this is ignored.", low=1, high=86400
@@ -426,10 +478,10 @@ class Settings:
     ADMIN_NODES: tuple = _key(
         (),
         tuple,
-        "Node ids allowed to run admin commands (/bc).",
-        parse=parse_node_ids,
-        form="a list of node ids like '!a1b2c3d4'",
-        example="ADMIN_NODES = ['!a1b2c3d4']",
+        "Node ids allowed to run admin commands (/bc), each optionally pinned to its public key.",
+        parse=parse_admin_nodes,
+        form=ADMIN_NODES_FORM,
+        example="ADMIN_NODES = ['!a1b2c3d4', '!0badc0de pU7XmYQw8b0eEtL2hGJ0mVqk6Zc4y9sX1rN5tA3vQ3c=']",
     )
     REQUIRE_PKI_FOR_ADMIN: bool = _key(
         True, bool, "Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel)."

@@ -109,6 +109,9 @@ class InboundText:
     hop_limit: int
     via_mqtt: bool
     pki_encrypted: bool
+    # The sender's key as the node's DB holds it, copied in by the firmware after a PKI
+    # decrypt (trust on first use); empty for other packets.
+    public_key: bytes = b""
 
     @classmethod
     def from_packet(cls, packet: dict) -> Optional["InboundText"]:
@@ -128,6 +131,7 @@ class InboundText:
             hop_limit=raw.hop_limit,
             via_mqtt=raw.via_mqtt,
             pki_encrypted=raw.pki_encrypted,
+            public_key=raw.public_key,
         )
 
 
@@ -258,7 +262,7 @@ class Router:
         self._seen = RecentKeys(settings.DEDUP_WINDOW_S)
         self._own_broadcasts = own_broadcasts
         self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
-        self._admins = frozenset(settings.ADMIN_NODES)
+        self._admins = {admin.num: admin for admin in settings.ADMIN_NODES}
 
     def handle(self, packet: dict) -> None:
         message = InboundText.from_packet(packet)
@@ -289,7 +293,8 @@ class Router:
             # The channel is over CHANNEL_UTIL_MAX_PCT: the bot adds nothing to it.
             services.sender.governor.not_answered(f"/{name}", message.sender, message.channel)
             return
-        is_admin = self._authenticated_admin(message, is_dm)
+        refusal = self._admin_refusal(message, is_dm)
+        is_admin = refusal is None
         # Every command counts for /status, the unknown, refused and rate-limited ones too:
         # they are what the mesh asked of the bot.
         services.stats.count_command()
@@ -307,14 +312,8 @@ class Router:
             self._reply(message, is_dm, f"unknown command /{shown}: send /help", f"/{shown} (unknown)")
             return
         if cmd.admin and not is_admin:
-            if message.sender in self._admins:
-                # An admin's id without the authentication: a misconfigured app, or a forgery.
-                level = logging.WARNING
-                need = "a PKI-encrypted DM" if services.settings.REQUIRE_PKI_FOR_ADMIN else "a DM"
-                reason = f"admin commands need {need}"
-            else:
-                level, reason = logging.INFO, "not an admin node"
-            self._reply(message, is_dm, "not authorized", f"/{name} refused ({reason})", level)
+            # The same answer whatever the reason: a forger learns nothing from it.
+            self._reply(message, is_dm, "not authorized", f"/{name} refused ({refusal})")
             return
         if not cmd.on_channel and not is_dm:
             self._reply(message, is_dm, f"by DM only: /{cmd.name}", f"/{name} (DM only)")
@@ -361,10 +360,29 @@ class Router:
         reply = self._run(ctx)
         return services.sender.send(reply, channel=channel, kind=TextKind.SCHEDULED) if reply else 0
 
-    def _authenticated_admin(self, message: InboundText, is_dm: bool) -> bool:
-        if message.sender not in self._admins or not is_dm:
-            return False  # on a channel, anyone with the key can claim any node id
-        return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
+    def _admin_refusal(self, message: InboundText, is_dm: bool) -> Optional[str]:
+        """None if the sender is an authenticated admin, else why not (for the log line).
+
+        A node id is forged easily; what the firmware vouches for is the PKI decrypt
+        (`pki_encrypted`) and the key it used (`public_key`, from its node DB). A packet
+        that came through MQTT was not decrypted by this node's radio path alone: an MQTT
+        downlink with encryption off may carry a forged flag, so it never counts.
+        """
+        admin = self._admins.get(message.sender)
+        if admin is None:
+            return "not an admin node"
+        if not is_dm:
+            return "admin commands need a DM"  # on a channel, anyone with the key can claim any id
+        if message.via_mqtt:
+            return "arrived via MQTT"
+        if self._services.settings.REQUIRE_PKI_FOR_ADMIN and not message.pki_encrypted:
+            return "admin commands need a PKI-encrypted DM"
+        if admin.public_key is not None:
+            if not message.public_key:
+                return "no public key in the packet, and ADMIN_NODES pins one"
+            if message.public_key != admin.public_key:
+                return "public key differs from the one ADMIN_NODES pins"
+        return None
 
     def _reply(
         self,

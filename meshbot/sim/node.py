@@ -1176,6 +1176,7 @@ class SimulatedNode:
         channel: int = 0,
         dm: bool = False,
         pki: bool = False,
+        public_key: bytes = b"",
         via_mqtt: bool = False,
         hops: int = 0,
         snr: float = 7.5,
@@ -1195,6 +1196,7 @@ class SimulatedNode:
             hop_limit=3 - hops,
             via_mqtt=via_mqtt,
             pki_encrypted=pki,
+            public_key=public_key,  # the firmware copies in the sender's key after a PKI decrypt
         )
         setattr(packet, "from", num)
         packet.decoded.portnum = _TEXT
