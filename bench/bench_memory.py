@@ -80,7 +80,7 @@ def ping_round_trip(node: SimulatedNode, text: str = "/ping", timeout: float = 6
 def run(quick: bool = False, checkpoints: tuple[int, ...] = ()) -> list[Row]:
     checkpoints = checkpoints or ((20_000,) if quick else (100_000, 1_000_000))
     rows: list[Row] = []
-    with SimulatedNode(text_rate_limit_s=None) as node:
+    with SimulatedNode(firmware_version="2.6.11") as node:
         proc = start_bot(node.port, **SETTINGS)
         try:
             if not node.wait_connected(20):

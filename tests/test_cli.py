@@ -125,7 +125,7 @@ def test_a_bad_config_is_still_found_without_the_dependencies(tmp_path):
 
 # --- --probe --------------------------------------------------------------------------------------
 def test_probe_reports_the_node_and_closes_its_one_connection(tmp_path):
-    with SimulatedNode(text_rate_limit_s=None, modem_preset="MEDIUM_FAST") as node:
+    with SimulatedNode(firmware_version="2.6.11", modem_preset="MEDIUM_FAST") as node:
         config = tmp_path / "config.py"
         config.write_text(f"NODE_HOST = '127.0.0.1:{node.port}'\n")
         result = run_main("--config", str(config), "--probe")

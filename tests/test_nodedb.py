@@ -26,7 +26,7 @@ class NodeDbNode(SimulatedNode):
     heard a node). Both stamps are set here, whatever the simulated node's own default."""
 
     def __init__(self, *, has_clock: bool = True, favourites: tuple[int, ...] = (), keyed: tuple[int, ...] = (), **kwargs: object) -> None:
-        super().__init__(text_rate_limit_s=None, **kwargs)  # type: ignore[arg-type]
+        super().__init__(firmware_version="2.6.11", **kwargs)  # type: ignore[arg-type]
         self.has_clock = has_clock
         self.favourites = set(favourites)
         self.keyed = set(keyed)
