@@ -245,7 +245,7 @@ def test_log_lines_count_the_echo_broadcast_and_name_forecast(node, start_bot, c
 
 def test_status_counts_unknown_refused_and_rate_limited_commands(node, start_bot):
     start_bot(node, RATE_LIMIT_COUNT=3)
-    node.user_text(ALICE, "/nosuch")  # unknown
+    node.user_text(ALICE, "/nosuch", dm=True)  # unknown (on a channel it would be another bot's)
     node.user_text(ALICE, "/bc hello")  # refused: not an admin
     node.user_text(BOB, "/ping")  # served
     node.wait_texts(3, 10)
