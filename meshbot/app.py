@@ -17,6 +17,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
 from meshbot.outbox.sender import MessageSender
@@ -53,6 +54,10 @@ class Bot:
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
         self.stall_limit_s = stall_limit_s(settings)
+        # Read at each scrape; nothing is collected while nobody asks.
+        self.metrics: Optional[MetricsServer] = (
+            MetricsServer(settings.METRICS_LISTEN, metrics_registry(self)) if settings.METRICS_LISTEN else None
+        )
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
@@ -69,6 +74,8 @@ class Bot:
         self.sender.start()
         self.link.start()
         self.scheduler.start()
+        if self.metrics is not None:
+            self.metrics.start()  # a port in use is a WARNING: the bot runs on without metrics
 
     def health_problem(self) -> Optional[str]:
         """Why the daemon is not working, if one of its own loops died or hangs (a bug)."""
@@ -106,6 +113,8 @@ class Bot:
         """Stop taking commands, flush the outbox until the deadline, close the link."""
         started = time.monotonic()
         deadline = started + budget_s
+        if self.metrics is not None:
+            self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
         # Leave the link a second to say goodbye to the node after the flush.

@@ -31,12 +31,14 @@ node, whatever the network's delay or jitter in either direction.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import math
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
@@ -99,6 +101,15 @@ class OutgoingText:
         return f"text to {describe_destination(self.to, self.channel)} {preview!r}"
 
 
+class DropReason(enum.Enum):
+    """Why a text was dropped: the metrics endpoint counts each apart."""
+
+    TTL = "ttl"  # not sent within OUTBOX_TTL_S
+    OUTBOX_FULL = "outbox_full"  # the oldest beyond OUTBOX_MAX
+    REFUSED = "refused"  # the node refused it MAX_RESENDS + 1 times
+    SHUTDOWN = "shutdown"  # offered while stopping, or not sent before the stop deadline
+
+
 @dataclass(frozen=True)
 class OutboxStats:
     sent: int
@@ -107,6 +118,10 @@ class OutboxStats:
     resent: int  # refused by the node and sent again
     refused: int  # refusals seen (rate limit, res != 0)
     dms: DeliveryStats
+    dropped_by: Mapping[DropReason, int] = dataclasses.field(default_factory=dict)
+    # Time on air of the texts the node accepted, from the LoRa preset (one transmission
+    # each: the node's own retransmissions of a DM are not seen by the bot).
+    airtime_s: float = 0.0
 
 
 def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
@@ -141,7 +156,9 @@ class MessageSender:
         self._next_send_at = 0.0
         self._stopping = False
         self._deadline = math.inf
-        self._sent = self._dropped = self._resent = self._refused = 0
+        self._sent = self._resent = self._refused = 0
+        self._dropped: collections.Counter[DropReason] = collections.Counter()
+        self._airtime_s = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
         link.add_observer(self)
@@ -157,13 +174,14 @@ class MessageSender:
         now = time.monotonic()
         with self._cond:
             if self._stopping:
+                self._dropped[DropReason.SHUTDOWN] += len(chunks)
                 log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
                 return 0
             for chunk in chunks:
                 self._queue.append(OutgoingText(chunk, to, channel, reply_to, now))
             while len(self._queue) > self._settings.OUTBOX_MAX:
                 oldest = self._queue.popleft()
-                self._dropped += 1
+                self._dropped[DropReason.OUTBOX_FULL] += 1
                 log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
             self._cond.notify_all()
         return len(chunks)
@@ -172,7 +190,10 @@ class MessageSender:
         with self._cond:
             queued = len(self._queue) + (1 if self._inflight_id is not None else 0)
             dms = self._delivery.stats(time.monotonic())
-            return OutboxStats(self._sent, queued, self._dropped, self._resent, self._refused, dms)
+            return OutboxStats(
+                self._sent, queued, sum(self._dropped.values()), self._resent, self._refused, dms,
+                dropped_by={reason: self._dropped[reason] for reason in DropReason}, airtime_s=self._airtime_s,
+            )
 
     def is_idle(self) -> bool:
         """Nothing queued, in flight, or waiting for a DM retry."""
@@ -195,6 +216,7 @@ class MessageSender:
             self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         with self._cond:
             left = len(self._queue)
+            self._dropped[DropReason.SHUTDOWN] += left
         if left:
             log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
 
@@ -226,6 +248,7 @@ class MessageSender:
                     item = self._last_accepted[1]
                     self._last_accepted = None
                     self._sent -= 1
+                    self._airtime_s -= self._airtime_of(item.text)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
@@ -390,6 +413,7 @@ class MessageSender:
 
     def _accepted(self, packet_id: int, item: OutgoingText, now: float) -> None:
         self._sent += 1
+        self._airtime_s += self._airtime_of(item.text)
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
@@ -404,7 +428,7 @@ class MessageSender:
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:
-            self._dropped += 1
+            self._dropped[DropReason.REFUSED] += 1
             log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
             return
         self._resent += 1
@@ -421,10 +445,14 @@ class MessageSender:
         gap = self._settings.MIN_TEXT_INTERVAL_S
         if enforces_text_limit(iface.firmware_version):
             gap = max(gap, FIRMWARE_TEXT_INTERVAL_S + _TEXT_LIMIT_MARGIN_S)
-        radio = self._link.status.radio
-        if self._settings.PACE_BY_AIRTIME and radio is not None:
-            gap = max(gap, radio.airtime_s(utf8_len(text)))
+        if self._settings.PACE_BY_AIRTIME:
+            gap = max(gap, self._airtime_of(text))
         return gap
+
+    def _airtime_of(self, text: str) -> float:
+        """Seconds on air for this text on the node's LoRa preset (0 before the link told it)."""
+        radio = self._link.status.radio
+        return radio.airtime_s(utf8_len(text)) if radio is not None else 0.0
 
     def _expire(self, now: float) -> None:
         """Under the lock: drop texts older than OUTBOX_TTL_S, each with a WARNING."""
@@ -434,7 +462,7 @@ class MessageSender:
         kept: collections.deque[OutgoingText] = collections.deque()
         for item in self._queue:
             if now - item.created > ttl:
-                self._dropped += 1
+                self._dropped[DropReason.TTL] += 1
                 log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
             else:
                 kept.append(item)
