@@ -190,7 +190,7 @@ class BotStats:
     _latency: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_command(self, name: str = UNKNOWN_COMMAND) -> None:
+    def count_command(self, name: str) -> None:
         """A command received: `name` is its registered name, or UNKNOWN_COMMAND."""
         with self._lock:
             self.commands += 1
