@@ -39,7 +39,7 @@ SCRIPT: tuple[Step, ...] = (
     Step(5.0, "ALIC", "/weather"),
     Step(6.0, "BOB", "/forecast ALIC"),
     Step(7.0, "ALIC", "/nodes"),
-    Step(8.0, "BOB", "/pong"),
+    Step(8.0, "BOB", "/pong", dm=True),  # on a channel an unknown command is ignored (another bot's)
     Step(9.0, "ALIC", "/bc net starts at 20:00"),
     Step(24.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
     Step(24.5, "BOB", "/ping", channel=1),

@@ -757,6 +757,12 @@ class SimulatedNode:
             raise ConnectionError("no client connected to the simulated node")
         return packet.id
 
+    def garbage_frames(self, count: int, payload: bytes = b"\xff\xff\xff\xff") -> bool:
+        """`count` well-framed frames whose payload is no FromRadio (serial noise, a firmware bug)."""
+        client = self._client
+        data = (bytes((START1, START2)) + struct.pack(">H", len(payload)) + payload) * count
+        return client is not None and client.configured and self._write(client, data)
+
     def log_line(self, text: str) -> None:
         """Debug log text outside any frame, as a node's serial console interleaves it."""
         client = self._client
