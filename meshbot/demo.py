@@ -107,10 +107,10 @@ def _play(node: SimulatedNode, users: dict[str, SimUser], transcript: Transcript
         user = users[step.user]
         where = node.short_name if step.dm else f"ch{step.channel}"
         transcript.line(user.short_name, where, step.text)
-        try:
-            node.user_text(user, step.text, channel=step.channel, dm=step.dm, hops=user.hops_away)
-        except ConnectionError:
-            transcript.line("node", "-", "*** the bot is reconnecting; message not delivered")
+        packet = node.user_packet(user, step.text, channel=step.channel, dm=step.dm, hops=user.hops_away)
+        if not node.deliver(packet):
+            # As a real node does, the simulated one keeps it for the bot's next connection.
+            transcript.line("node", "-", "*** the bot is reconnecting; the node keeps the message for it")
     transcript.line("demo", "-", "script done; the bot keeps running (Ctrl-C to stop)")
 
 

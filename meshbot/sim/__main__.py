@@ -80,11 +80,11 @@ def _relay_stdin(node: SimulatedNode, say: Callable[[str], None]) -> None:
         text = line.strip()
         if not text:
             continue
-        try:
-            node.user_text(sender, text)
+        packet = node.user_packet(sender, text)
+        if node.deliver(packet):
             say(f"{sender.short_name} -> ch0: {text}")
-        except ConnectionError:
-            say("no client connected: nothing sent")
+        else:
+            say(f"{sender.short_name} -> ch0: {text} (kept for the next client, as a node does)")
 
 
 if __name__ == "__main__":
