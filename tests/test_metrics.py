@@ -109,6 +109,8 @@ def test_scraped_counters_match_what_the_users_did(node, start_bot):
     node.user_text(BOB, "/slow", dm=True)
     wait_until(lambda: all(replies_to(node, packet_id) for packet_id in answered), 15)
     wait_until(bot.sender.is_idle, 5)
+    # /slow answers nothing: its runs are done when the histogram has both.
+    wait_until(lambda: metric(bot, "meshbot_handler_duration_seconds_count", command="slow") == 2, 5)
 
     text, samples = scrape(bot)
     assert value(samples, "meshbot_link_up") == 1
