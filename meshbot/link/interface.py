@@ -170,7 +170,8 @@ class _HardenedStream:
         self.lost_cause = None
         self.answers_queue_status = False
         self._closing = False
-        self.give_up: Callable[[], bool] = lambda: False  # set by the link owner
+        # Set by the link owner: why to stop waiting for the handshake now, or None.
+        self.give_up: Callable[[], Optional[str]] = lambda: None
         self._lost_lock = threading.Lock()
         self._write_lock = threading.Lock()
         # What the last chunk read from the transport holds beyond what the library took.
@@ -298,15 +299,16 @@ class _HardenedStream:
         (measured on meshtasticd 2.7.13: a command lost in 2 runs of 5). So the one
         connection is kept and waited on; its socket's own timeouts (keepalive,
         TCP_USER_TIMEOUT) end it when the node is really gone, and `give_up()` ends the wait
-        on an intended stop. After `handshake_timeout_s`, `events.slow_handshake` is called
+        on an intended stop (or a one-off probe's deadline). After `handshake_timeout_s`, `events.slow_handshake` is called
         once, for the log line and the watchdog (the loop is waiting, not working).
         """
         slow_at = time.monotonic() + self.handshake_timeout_s
         while not self.isConnected.wait(0.05):
             if not self.alive:
                 raise LinkLost(self.lost_cause or "closed")
-            if self.give_up():
-                raise LinkLost("stopped")
+            reason = self.give_up()
+            if reason:
+                raise LinkLost(reason)
             if time.monotonic() >= slow_at:
                 slow_at = float("inf")
                 self.events.slow_handshake(self.handshake_timeout_s)

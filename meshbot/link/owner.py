@@ -261,7 +261,15 @@ class NodeLink:
         The daemon's own code path, so the probe fails where the daemon would. Raises what
         a connection attempt raises (`describe_error()` words it); close with `close_once()`.
         """
-        return self._open()
+        deadline = time.monotonic() + self._settings.CONNECT_TIMEOUT_S
+
+        def give_up() -> Optional[str]:
+            # A one-off check may not wait on a silent node the way the daemon does.
+            if time.monotonic() < deadline:
+                return None
+            return f"no config from the node within {self._settings.CONNECT_TIMEOUT_S:g} s"
+
+        return self._open(give_up)
 
     def close_once(self, iface: Any) -> None:
         """Close what `open_once()` opened, completely (the node frees its client slot)."""
@@ -342,8 +350,12 @@ class NodeLink:
         log.warning("link to %s lost after %s up: %s", self.address, format_duration(was_up_s), cause)
         self._sleep(self._delay_after_loss(cause, was_up_s))
 
-    def _open(self) -> Any:
-        """Connect and complete the handshake, or raise; never leaves a socket open on failure."""
+    def _open(self, give_up: Optional[Callable[[], Optional[str]]] = None) -> Any:
+        """Connect and complete the handshake, or raise; never leaves a socket open on failure.
+
+        The handshake is waited on for as long as the connection lives (see
+        `_HardenedStream._waitConnected`), until `give_up()` gives a reason, by default only
+        when the link is stopped."""
         self._wake.clear()
         iface = self._factory(
             LinkEvents(
@@ -355,7 +367,7 @@ class NodeLink:
             )
         )
         iface.link_owner = self
-        iface.give_up = self._stop.is_set
+        iface.give_up = give_up or self._stopping
         try:
             iface.connect()
             # Probe once now: the answer tells whether this firmware reports every packet.
@@ -469,6 +481,9 @@ class NodeLink:
             self._notified[message] = now
         # LogRecord.Level uses the same numbers as Python's levels; TRACE (5) is DEBUG here.
         log.log(max(logging.DEBUG, level) if level else logging.INFO, "the node says: %s", message)
+
+    def _stopping(self) -> Optional[str]:
+        return "stopped" if self._stop.is_set() else None
 
     def _slow_handshake(self, waited_s: float) -> None:
         log.warning(
