@@ -44,6 +44,14 @@ DM_RETRIES = 1
 # Wait after a failed DM before sending it again. Expected: a number from 1 to 3600.
 DM_RETRY_DELAY_S = 30.0
 
+# --- Airtime budget and channel governor -----------------------------------
+# Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox). Expected: a number from 0.1 to 100.
+AIRTIME_BUDGET_PCT = 5.0
+# Channel utilization (as the node reports it) over which broadcasts wait and a channel command gets one text. Expected: a number from 0 to 100.
+CHANNEL_UTIL_POLITE_PCT = 25.0
+# Channel utilization over which the bot sends DM replies only. Expected: a number from 0 to 100.
+CHANNEL_UTIL_MAX_PCT = 40.0
+
 # --- Receiving -------------------------------------------------------------
 # Worker threads running command handlers. Expected: an integer from 1 to 64.
 HANDLER_THREADS = 4

@@ -9,17 +9,38 @@ from meshbot.router import CommandContext, command, display_name
 from meshbot.text import counted, format_age, utf8_len
 
 
-@command("status", help="/status: uptime, link, texts sent/queued/dropped, commands served")
+@command("status", help="/status: uptime, link, texts sent/queued/dropped, commands, airtime, channel use")
 def status(ctx: CommandContext) -> Optional[str]:
     services = ctx.services
     link = services.link.status
     out = services.sender.stats()
     uptime = format_age(time.monotonic() - services.stats.started_at)
-    dms = out.dms
-    return (
-        f"up {uptime}, link {link.state.value} ({counted(link.reconnects, 'reconnect')}), texts sent {out.sent}, queued {out.queued}, "
-        f"dropped {out.dropped}, commands {services.stats.commands}, DMs 24h: {dms.delivered} delivered, {dms.failed} failed"
-    )
+    spent, budget = services.sender.airtime_used()
+    reading = services.sender.governor.reading()
+    channel = f"ch util {reading.channel_utilization:.0f}%" if reading else "ch util ?"
+    if reading and reading.air_util_tx:
+        channel += f" (tx {reading.air_util_tx:.1f}%)"
+    # Most important first: parts that would not fit in one text are left out.
+    parts = [
+        f"up {uptime}",
+        f"link {link.state.value} ({counted(link.reconnects, 'reconnect')})",
+        f"air {spent:.0f}s/1h ({100 * spent / budget:.0f}% of budget)",
+        channel,
+        f"texts sent {out.sent}, queued {out.queued}, dropped {out.dropped}",
+        f"commands {services.stats.commands}",
+        f"DMs 24h: {out.dms.delivered} delivered, {out.dms.failed} failed",
+    ]
+    return join_within(parts, ", ", ctx.services.settings.MAX_TEXT_BYTES)
+
+
+def join_within(parts: list[str], separator: str, max_bytes: int) -> str:
+    """The parts, in order, that fit together in one text of max_bytes (the first always)."""
+    text = parts[0]
+    for part in parts[1:]:
+        candidate = text + separator + part
+        if utf8_len(candidate) <= max_bytes:
+            text = candidate
+    return text
 
 
 def _heard(node: dict[str, Any], now: float) -> str:

@@ -48,7 +48,7 @@ class Bot:
         self.registry: CommandRegistry = load_commands(modules, settings.DISABLED_COMMANDS, plugins)
         self.stats = BotStats()
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
-        self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
+        self.link = NodeLink(settings, self._on_packet, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
         self.sender = MessageSender(settings, self.link, own_broadcasts)
         self.weather = WeatherClient(settings)
@@ -70,6 +70,12 @@ class Bot:
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
+
+    def _on_packet(self, packet: dict) -> None:
+        """On the library's publishing thread: the governor reads the node's own telemetry
+        here (cheap, and never lost to a full inbound queue), the rest goes to the workers."""
+        self.sender.governor.observe(packet)
+        self.dispatcher.submit(packet)
 
     def _route(self, packet: dict) -> Any:
         return self.router.handle(packet)

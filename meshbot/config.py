@@ -428,6 +428,24 @@ class Settings:
     DM_RETRY_DELAY_S: float = _key(
         30.0, float, "Wait after a failed DM before sending it again.", low=1, high=3600
     )
+    # --- airtime ---------------------------------------------------------------------
+    AIRTIME_BUDGET_PCT: float = _key(
+        5.0,
+        float,
+        "Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox).",
+        low=0.1,
+        high=100,
+    )
+    CHANNEL_UTIL_POLITE_PCT: float = _key(
+        25.0,
+        float,
+        "Channel utilization (as the node reports it) over which broadcasts wait and a channel command gets one text.",
+        low=0,
+        high=100,
+    )
+    CHANNEL_UTIL_MAX_PCT: float = _key(
+        40.0, float, "Channel utilization over which the bot sends DM replies only.", low=0, high=100
+    )
     # --- receiving -------------------------------------------------------------------
     HANDLER_THREADS: int = _key(4, int, "Worker threads running command handlers.", low=1, high=64)
     INBOUND_QUEUE_MAX: int = _key(
@@ -622,6 +640,11 @@ def _check_together(s: Settings, *, demo: bool) -> None:
             f"LINK_TIMEOUT_S = {s.LINK_TIMEOUT_S:g}: expected a number > PROBE_INTERVAL_S ({s.PROBE_INTERVAL_S:g}),"
             " or a healthy link would be declared dead between two probes"
         )
+    if s.CHANNEL_UTIL_MAX_PCT < s.CHANNEL_UTIL_POLITE_PCT:
+        raise ConfigError(
+            f"CHANNEL_UTIL_MAX_PCT = {s.CHANNEL_UTIL_MAX_PCT:g}: expected a number >= CHANNEL_UTIL_POLITE_PCT"
+            f" ({s.CHANNEL_UTIL_POLITE_PCT:g})"
+        )
     if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S:
         log.info(
             "MIN_TEXT_INTERVAL_S = %g is under the firmware's 2 s text limit: it applies to firmware older than "
@@ -667,6 +690,7 @@ def load_settings(path: Optional[Path], *, demo: bool = False, overrides: Option
 _SECTIONS = {
     "CONNECTION": "The node link",
     "MIN_TEXT_INTERVAL_S": "Sending",
+    "AIRTIME_BUDGET_PCT": "Airtime budget and channel governor",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
     "WEATHER_API_URL": "Weather",

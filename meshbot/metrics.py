@@ -23,7 +23,6 @@ import logging
 import socket
 import socketserver
 import threading
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -57,7 +56,7 @@ _POLL_S = 0.1
 
 class ChannelFigures(Protocol):
     """The node's own view of the channel, in percent as its DeviceMetrics telemetry
-    reports them. The channel governor's reading has this shape."""
+    reports them: the channel governor's `ChannelReading`."""
 
     @property
     def channel_utilization(self) -> float: ...  # % of the last minute the channel was busy
@@ -66,37 +65,10 @@ class ChannelFigures(Protocol):
     def air_util_tx(self) -> Optional[float]: ...  # % of the last hour the node transmitted
 
 
-# Where the two figures that other parts of the bot may own come from. Each returns None
-# when it knows nothing yet; the metric is then absent rather than a made-up 0.
+# Where two figures come from. Each returns None when it knows nothing yet; the metric is
+# then absent rather than a made-up 0.
 AirtimeSource = Callable[[], Optional[float]]  # seconds the bot's own texts spent on air, since start
 ChannelSource = Callable[[], Optional[ChannelFigures]]
-
-
-@dataclass(frozen=True)
-class NodeChannel:
-    """ChannelFigures from the library's node DB."""
-
-    channel_utilization: float
-    air_util_tx: Optional[float]
-
-
-def node_db_channel(bot: "Bot") -> Optional[NodeChannel]:
-    """The own node's last DeviceMetrics, as the library keeps them in its node DB (the
-    handshake's NodeInfo, then every telemetry packet the node sends its client)."""
-    iface, own = bot.link.interface, bot.link.status.node_num
-    if iface is None or own is None:
-        return None
-    node = (getattr(iface, "nodesByNum", None) or {}).get(own) or {}
-    metrics = node.get("deviceMetrics")
-    if not isinstance(metrics, dict) or not metrics:
-        return None
-    # The library turns protobufs into dicts without their zero fields: DeviceMetrics
-    # without channelUtilization means an idle channel (0 %), not an unknown one.
-    util = metrics.get("channelUtilization", 0.0)
-    tx = metrics.get("airUtilTx", 0.0)
-    if not isinstance(util, (int, float)) or not isinstance(tx, (int, float)):
-        return None
-    return NodeChannel(float(util), float(tx))
 
 
 class BotCollector:
@@ -110,10 +82,11 @@ class BotCollector:
         channel: Optional[ChannelSource] = None,
     ) -> None:
         self._bot = bot
-        # Until the airtime ledger and the channel governor land in the bot, the outbox's
-        # own airtime sum and the node DB stand in for them.
+        # The outbox sums the airtime of the texts the node accepted (the same figure per
+        # text as its airtime budget records); the channel governor reads the node's
+        # telemetry (or its node DB entry). Both can be replaced, for tests and for others.
         self._airtime: AirtimeSource = airtime or (lambda: bot.sender.stats().airtime_s)
-        self._channel: ChannelSource = channel or (lambda: node_db_channel(bot))
+        self._channel: ChannelSource = channel or bot.sender.governor.reading
         # Counters must never go down (Prometheus reads a drop as a restart and counts the
         # whole value again). The outbox un-counts a text the node refused late; the
         # exposed counter holds its highest value until the resend is counted.
@@ -196,6 +169,15 @@ class BotCollector:
         airtime = self._airtime()
         if airtime is not None:
             yield self._counter("meshbot_airtime_seconds", "Seconds the bot's own texts spent on air (from the LoRa preset)", airtime)
+        used_s, budget_s = bot.sender.airtime_used()
+        yield GaugeMetricFamily(
+            "meshbot_airtime_budget_used_seconds", "The bot's seconds on air in the last hour (the airtime budget's ledger)",
+            value=used_s,
+        )
+        yield GaugeMetricFamily(
+            "meshbot_airtime_budget_seconds", "Seconds on air the bot may use per rolling hour (AIRTIME_BUDGET_PCT)",
+            value=budget_s,
+        )
         figures = self._channel()
         if figures is not None:
             yield GaugeMetricFamily(

@@ -24,6 +24,7 @@ from meshtastic.protobuf import portnums_pb2
 
 from meshbot.config import Settings
 from meshbot.dedup import RecentKeys
+from meshbot.outbox.policy import TextKind
 from meshbot.ratelimit import Decision, RateLimiter
 from meshbot.text import quote_command
 
@@ -341,6 +342,10 @@ class Router:
         if message.text in self._own_broadcasts:
             log.info("ignored our own broadcast echoed back by !%08x", message.sender)
             return
+        if not is_dm and services.sender.governor.dm_only():
+            # The channel is over CHANNEL_UTIL_MAX_PCT: the bot adds nothing to it.
+            services.sender.governor.not_answered(f"/{name}", message.sender, message.channel)
+            return
         is_admin = self._authenticated_admin(message, is_dm)
         # Every command counts for /status, the unknown, refused and rate-limited ones too:
         # they are what the mesh asked of the bot.
@@ -411,7 +416,7 @@ class Router:
             services=services,
         )
         reply = self._run(ctx)
-        return services.sender.send(reply, channel=channel) if reply else 0
+        return services.sender.send(reply, channel=channel, kind=TextKind.SCHEDULED) if reply else 0
 
     def _authenticated_admin(self, message: InboundText, is_dm: bool) -> bool:
         if message.sender not in self._admins or not is_dm:
@@ -438,7 +443,9 @@ class Router:
             self._services.stats.count_reply()
             reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
-            texts += self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+            texts += self._services.sender.send(
+                reply, to=to, channel=message.channel, reply_to=message.id, requester=message.sender, kind=TextKind.REPLY
+            )
         log.log(
             level,
             "%s from !%08x %s: %d text%s",

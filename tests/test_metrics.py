@@ -10,6 +10,7 @@ import time
 import types
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Optional
 
 import pytest
@@ -17,6 +18,7 @@ from meshtastic.protobuf import mesh_pb2, portnums_pb2, telemetry_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 import handlers
+from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.config import ConfigError, build_settings
 from meshbot.outbox.airtime import PRESETS, RadioParams
 from meshbot.outbox.sender import DropReason
@@ -134,6 +136,7 @@ def test_scraped_counters_match_what_the_users_did(node, start_bot):
     radio = RadioParams("LONG_FAST", *PRESETS["LONG_FAST"])
     expected_airtime = sum(radio.airtime_s(utf8_len(t.text)) for t in node.texts)
     assert value(samples, "meshbot_airtime_seconds_total") == pytest.approx(expected_airtime)
+    assert value(samples, "meshbot_airtime_budget_used_seconds") == pytest.approx(expected_airtime)  # all in this hour
     assert value(samples, "meshbot_node_info", preset="LONG_FAST") == 1
 
     # No label value names a node: no node id, number or short name, whatever the users sent.
@@ -150,6 +153,7 @@ def test_channel_utilization_comes_from_the_nodes_own_telemetry(node, start_bot)
     bot = start_bot(node, METRICS_LISTEN="127.0.0.1:0")
     # The simulated node's handshake carries no DeviceMetrics: absent, not a made-up 0.
     assert metric(bot, "meshbot_channel_utilization_ratio") is None
+    assert metric(bot, "meshbot_airtime_budget_seconds") == pytest.approx(3600 * bot.settings.AIRTIME_BUDGET_PCT / 100)
     assert node.deliver(own_telemetry(node, channel_utilization=12.5, air_util_tx=3.25))
     wait_until(lambda: metric(bot, "meshbot_channel_utilization_ratio") is not None, 5)
     _, samples = scrape(bot)
@@ -157,14 +161,18 @@ def test_channel_utilization_comes_from_the_nodes_own_telemetry(node, start_bot)
     assert value(samples, "meshbot_node_air_util_tx_ratio") == pytest.approx(0.0325)
 
 
-def test_a_provider_replaces_the_fallbacks(node, start_bot):
-    """The airtime ledger and the channel governor plug in as two callables."""
-    from meshbot.metrics import MetricsServer, NodeChannel, metrics_registry
+@dataclass(frozen=True)
+class Channel:
+    channel_utilization: float
+    air_util_tx: Optional[float]
 
+
+def test_the_figures_can_come_from_elsewhere(node, start_bot):
+    """The airtime and the channel's figures are two callables: None means no metric."""
     bot = start_bot(node)
     server = MetricsServer(
         "127.0.0.1:0",
-        metrics_registry(bot, airtime=lambda: 42.5, channel=lambda: NodeChannel(channel_utilization=30.0, air_util_tx=None)),
+        metrics_registry(bot, airtime=lambda: 42.5, channel=lambda: Channel(channel_utilization=30.0, air_util_tx=None)),
     )
     assert server.start()
     bot.metrics = server  # so that scrape() finds it, and the fixture's stop() closes it
