@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import sys
 import threading
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol
 
@@ -232,8 +233,12 @@ class _Server(socketserver.ThreadingTCPServer):
         super().__init__(address, handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        # A scraper hanging up mid-answer is normal; anything else is a bug in the collector.
-        log.debug("metrics request from %s failed", client_address, exc_info=True)
+        # A scraper hanging up or going silent is the network's business; anything else is
+        # a bug in the collector, worth its traceback (socketserver would print it to stderr).
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("metrics request from %s failed", client_address, exc_info=True)
+        else:
+            log.exception("metrics: answering a scrape from %s failed", client_address)
 
 
 class MetricsServer:

@@ -182,6 +182,25 @@ def test_the_figures_can_come_from_elsewhere(node, start_bot):
     assert value(samples, "meshbot_node_air_util_tx_ratio") is None
 
 
+def test_a_bug_in_the_collector_is_logged_with_its_traceback_and_the_next_scrape_works(node, start_bot, caplog):
+    bot = start_bot(node)
+    calls = []
+
+    def airtime() -> float:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return 1.5
+
+    bot.metrics = MetricsServer("127.0.0.1:0", metrics_registry(bot, airtime=airtime))
+    assert bot.metrics.start()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        scrape(bot)
+    errors = [r for r in caplog.records if r.name == "meshbot.metrics" and r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info and "a bug" in str(errors[0].exc_info[1])
+    assert metric(bot, "meshbot_airtime_seconds_total") == 1.5
+
+
 def test_link_down_and_the_reconnect_show(node, start_bot):
     bot = start_bot(node, METRICS_LISTEN="127.0.0.1:0")
     node.stop_listening(2.0)  # down long enough for a scrape to see it, even on a loaded machine
