@@ -18,6 +18,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
@@ -62,6 +63,10 @@ class Bot:
             settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
         )
         self.stall_limit_s = stall_limit_s(settings)
+        # Read at each scrape; nothing is collected while nobody asks.
+        self.metrics: Optional[MetricsServer] = (
+            MetricsServer(settings.METRICS_LISTEN, metrics_registry(self)) if settings.METRICS_LISTEN else None
+        )
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
@@ -84,6 +89,8 @@ class Bot:
         self.sender.start()
         self.link.start()
         self.scheduler.start()
+        if self.metrics is not None:
+            self.metrics.start()  # a port in use is a WARNING: the bot runs on without metrics
 
     def health_problem(self) -> Optional[str]:
         """Why the daemon is not working, if one of its own loops died or hangs (a bug)."""
@@ -121,6 +128,8 @@ class Bot:
         """Stop taking commands, flush the outbox until the deadline, close the link."""
         started = time.monotonic()
         deadline = started + budget_s
+        if self.metrics is not None:
+            self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
         # Leave the link a second to say goodbye to the node after the flush.

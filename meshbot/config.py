@@ -253,6 +253,42 @@ def parse_http_url(value: Any) -> str:
     return value
 
 
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_IPV6_HOST_RE = re.compile(r"^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$")
+METRICS_LISTEN_FORM = "'' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'"
+
+
+def split_host_port(value: str, form: str) -> tuple[str, int]:
+    """'host:port' (an IPv6 address in brackets) -> (host, port); ValueError naming `form`.
+
+    Port 0 (any free port) is accepted: tests listen there and read the port they got.
+    """
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    # A hostname or IPv4 address; an IPv6 address only in brackets, or '::1:9464' would be
+    # ambiguous. No scheme, path or user: this is where to listen, not a URL.
+    host_re = _IPV6_HOST_RE if bracketed else _HOST_RE
+    if not sep or not host_re.match(host) or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected {form}, got {value!r}")
+    return host, int(port)
+
+
+def parse_metrics_listen(value: Any) -> str:
+    """METRICS_LISTEN: '' or an address to serve Prometheus metrics on.
+
+    The host is never implied: '0.0.0.0' (every interface) must be written out, since the
+    counters tell anyone who can reach the port how busy the bot is.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected {METRICS_LISTEN_FORM}, got {value!r}")
+    value = value.strip()
+    if value:
+        split_host_port(value, METRICS_LISTEN_FORM)
+    return value
+
+
 TIMEZONE_FORM = "an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone"
 
 
@@ -554,6 +590,15 @@ class Settings:
     )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
+    # --- monitoring ------------------------------------------------------------------
+    METRICS_LISTEN: str = _key(
+        "",
+        str,
+        "Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them).",
+        parse=parse_metrics_listen,
+        form=METRICS_LISTEN_FORM,
+        example="METRICS_LISTEN = '127.0.0.1:9464'",
+    )
 
     @classmethod
     def specs(cls) -> dict[str, KeySpec]:
@@ -702,6 +747,7 @@ _SECTIONS = {
     "DEDUP_WINDOW_S": "Commands",
     "WEATHER_API_URL": "Weather",
     "LOG_LEVEL": "Logging",
+    "METRICS_LISTEN": "Monitoring",
 }
 
 

@@ -9,6 +9,7 @@ channel is answered on that channel, threaded to the command with `reply_id`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -182,17 +183,73 @@ def node_short_name(iface: Any, num: int) -> str:
     return display_name(nodes.get(num), num)
 
 
+# Handler latency buckets, in seconds: /ping answers in well under a millisecond, /weather
+# waits on the network up to WEATHER_TIMEOUT_S (8 s, 60 s at most).
+LATENCY_BUCKETS_S = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The one label a name that is no registered command counts under, so that what users
+# type cannot grow the metrics without bound.
+UNKNOWN_COMMAND = "unknown"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One command's handler run times: counts per bucket of LATENCY_BUCKETS_S (not
+    cumulative), the runs slower than the last bucket, and the sum of all run times."""
+
+    buckets: tuple[int, ...]
+    over: int
+    sum_s: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets) + self.over
+
+
 @dataclass
 class BotStats:
-    """Counters /status reports."""
+    """Counters /status reports and the metrics endpoint reads (scraped, never pushed)."""
 
     started_at: float = field(default_factory=time.monotonic)
     commands: int = 0
+    replies: int = 0
+    _by_command: dict[str, int] = field(default_factory=dict, repr=False)
+    _errors: dict[str, int] = field(default_factory=dict, repr=False)
+    _latency: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_command(self) -> None:
+    def count_command(self, name: str) -> None:
+        """A command received: `name` is its registered name, or UNKNOWN_COMMAND."""
         with self._lock:
             self.commands += 1
+            self._by_command[name] = self._by_command.get(name, 0) + 1
+
+    def count_reply(self) -> None:
+        with self._lock:
+            self.replies += 1
+
+    def record_run(self, name: str, seconds: float, failed: bool) -> None:
+        """One handler run: its time, and whether it raised."""
+        index = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
+        with self._lock:
+            counts, total = self._latency.setdefault(name, ([0] * (len(LATENCY_BUCKETS_S) + 1), [0.0]))
+            counts[index] += 1
+            total[0] += seconds
+            if failed:
+                self._errors[name] = self._errors.get(name, 0) + 1
+
+    def by_command(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_command)
+
+    def errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def latency(self) -> dict[str, Latency]:
+        with self._lock:
+            return {
+                name: Latency(tuple(counts[:-1]), counts[-1], total[0]) for name, (counts, total) in self._latency.items()
+            }
 
 
 @dataclass
@@ -297,7 +354,7 @@ class Router:
         is_admin = refusal is None
         # Every command counts for /status, the unknown, refused and rate-limited ones too:
         # they are what the mesh asked of the bot.
-        services.stats.count_command()
+        services.stats.count_command(cmd.name if cmd else UNKNOWN_COMMAND)
         verdict = self._limiter.check(
             message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
         )
@@ -401,6 +458,7 @@ class Router:
         """
         texts = queued_by_handler
         if reply:
+            self._services.stats.count_reply()
             reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
             texts += self._services.sender.send(
@@ -414,8 +472,12 @@ class Router:
 
     @staticmethod
     def _run(ctx: CommandContext) -> Optional[str]:
+        started, failed = time.perf_counter(), False
         try:
             return ctx.command.func(ctx)
         except Exception:
+            failed = True
             log.exception("handler /%s failed on %r", ctx.command.name, ctx.message.text[:80])
             return f"sorry, /{ctx.command.name} failed"
+        finally:
+            ctx.services.stats.record_run(ctx.command.name, time.perf_counter() - started, failed)

@@ -36,12 +36,14 @@ node, whatever the network's delay or jitter in either direction.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import enum
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
@@ -120,6 +122,16 @@ class OutgoingText:
         return f"text to {describe_destination(self.to, self.channel)} {preview!r}"
 
 
+class DropReason(enum.Enum):
+    """Why a text was dropped: the metrics endpoint counts each apart."""
+
+    TTL = "ttl"  # not sent within OUTBOX_TTL_S
+    OUTBOX_FULL = "outbox_full"  # the oldest beyond OUTBOX_MAX
+    REFUSED = "refused"  # the node refused it MAX_RESENDS + 1 times
+    SHUTDOWN = "shutdown"  # offered while stopping, or not sent before the stop deadline
+    OVER_BUDGET = "over_budget"  # longer on air than the whole AIRTIME_BUDGET_PCT
+
+
 @dataclass(frozen=True)
 class OutboxStats:
     sent: int
@@ -128,6 +140,10 @@ class OutboxStats:
     resent: int  # refused by the node and sent again
     refused: int  # refusals seen (rate limit, res != 0)
     dms: DeliveryStats
+    dropped_by: Mapping[DropReason, int] = dataclasses.field(default_factory=dict)
+    # Time on air of the texts the node accepted, from the LoRa preset (one transmission
+    # each: the node's own retransmissions of a DM are not seen by the bot).
+    airtime_s: float = 0.0
 
 
 def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
@@ -177,7 +193,9 @@ class MessageSender:
         self._next_send_at = 0.0
         self._stopping = False
         self._deadline = math.inf
-        self._sent = self._dropped = self._resent = self._refused = 0
+        self._sent = self._resent = self._refused = 0
+        self._dropped: collections.Counter[DropReason] = collections.Counter()
+        self._airtime_s = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
         # Warnings that a flood of commands can make once per text: one line a minute each.
@@ -214,6 +232,7 @@ class MessageSender:
         now = time.monotonic()
         with self._cond:
             if self._stopping:
+                self._dropped[DropReason.SHUTDOWN] += len(chunks)
                 log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
                 return 0
             for chunk in chunks:
@@ -225,7 +244,7 @@ class MessageSender:
                 index = policy.evict(self._queue, lambda num: is_known_node(self._link.interface, num))
                 victim = self._queue[index]
                 del self._queue[index]
-                self._dropped += 1
+                self._dropped[DropReason.OUTBOX_FULL] += 1
                 self._report_drop(victim, f"outbox full ({self._settings.OUTBOX_MAX} texts)", now, self._full_warning)
             self._cond.notify_all()
         return len(chunks)
@@ -239,7 +258,10 @@ class MessageSender:
         with self._cond:
             queued = len(self._queue) + (1 if self._inflight_id is not None else 0)
             dms = self._delivery.stats(time.monotonic())
-            return OutboxStats(self._sent, queued, self._dropped, self._resent, self._refused, dms)
+            return OutboxStats(
+                self._sent, queued, sum(self._dropped.values()), self._resent, self._refused, dms,
+                dropped_by={reason: self._dropped[reason] for reason in DropReason}, airtime_s=self._airtime_s,
+            )
 
     def is_idle(self) -> bool:
         """Nothing queued, in flight, or waiting for a DM retry."""
@@ -262,6 +284,7 @@ class MessageSender:
             self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
         with self._cond:
             left = len(self._queue)
+            self._dropped[DropReason.SHUTDOWN] += left
         if left:
             log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
         for warning in (self._full_warning, self._expired_warning, self._refused_warning):
@@ -290,6 +313,7 @@ class MessageSender:
                     item = self._last_accepted[1]
                     self._last_accepted = None
                     self._sent -= 1
+                    self._airtime_s -= self._airtime(item.text)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
@@ -408,7 +432,7 @@ class MessageSender:
             # would wait forever and block the texts behind it.
             item = self._queue[index]
             del self._queue[index]
-            self._dropped += 1
+            self._dropped[DropReason.OVER_BUDGET] += 1
             log.warning(
                 "dropped %s: %.1f s on air, more than the whole airtime budget (AIRTIME_BUDGET_PCT %g %% = %.1f s)",
                 item.label(), cost, self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s,
@@ -563,6 +587,7 @@ class MessageSender:
 
     def _accepted(self, packet_id: int, item: OutgoingText, now: float) -> None:
         self._sent += 1
+        self._airtime_s += self._airtime(item.text)
         stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
         self.budget.record(self._airtime(item.text), item.requester, stranger=stranger)
         self._last_accepted = (packet_id, item)
@@ -579,7 +604,7 @@ class MessageSender:
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:
-            self._dropped += 1
+            self._dropped[DropReason.REFUSED] += 1
             log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
             return
         self._resent += 1
@@ -609,7 +634,7 @@ class MessageSender:
         kept: collections.deque[OutgoingText] = collections.deque()
         for item in self._queue:
             if now - item.created > ttl:
-                self._dropped += 1
+                self._dropped[DropReason.TTL] += 1
                 self._report_drop(item, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", now, self._expired_warning)
             else:
                 kept.append(item)
