@@ -28,7 +28,7 @@ from typing import Optional
 from common import Row, percentile, print_table, start_bot, stop_bot
 
 from meshbot.config import Settings
-from meshbot.outbox.airtime import PRESETS, RadioParams
+from meshbot.link.airtime import PRESETS, RadioParams
 from meshbot.sim.node import SimulatedNode, SimUser
 from meshbot.sim.weather import FakeOpenMeteo
 from meshbot.text import utf8_len

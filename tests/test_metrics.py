@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import handlers
 from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.config import ConfigError, build_settings
-from meshbot.outbox.airtime import PRESETS, RadioParams
+from meshbot.link.airtime import PRESETS, RadioParams
 from meshbot.outbox.sender import DropReason
 from meshbot.router import CommandContext, command
 from meshbot.sim.node import BROADCAST_NUM, SimulatedNode, SimUser

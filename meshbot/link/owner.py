@@ -26,10 +26,9 @@ import serial
 from meshtastic.mesh_interface import MeshInterface
 from pubsub import pub
 
-from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
-from meshbot.link.nodedb import HeardClock
+from meshbot.link.airtime import RadioParams, radio_params
 from meshbot.link.interface import (
     NODE_CLOSED,
     LinkEvents,
@@ -41,6 +40,7 @@ from meshbot.link.interface import (
     TxQueueFull,
     find_serial_port,
 )
+from meshbot.link.nodedb import HeardClock
 from meshbot.text import format_duration
 
 log = logging.getLogger(__name__)

@@ -52,11 +52,11 @@ from meshtastic.protobuf import mesh_pb2
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
+from meshbot.link.airtime import radio_params
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
 from meshbot.logs import RepeatedWarning
 from meshbot.outbox import policy
-from meshbot.outbox.airtime import radio_params
 from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.outbox.governor import ChannelGovernor
