@@ -18,6 +18,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
@@ -48,7 +49,7 @@ class Bot:
         self.registry: CommandRegistry = load_commands(modules, settings.DISABLED_COMMANDS, plugins)
         self.stats = BotStats()
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
-        self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
+        self.link = NodeLink(settings, self._on_packet, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
         self.sender = MessageSender(settings, self.link, own_broadcasts)
         self.weather = WeatherClient(settings)
@@ -68,9 +69,19 @@ class Bot:
             settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
         )
         self.stall_limit_s = stall_limit_s(settings)
+        # Read at each scrape; nothing is collected while nobody asks.
+        self.metrics: Optional[MetricsServer] = (
+            MetricsServer(settings.METRICS_LISTEN, metrics_registry(self)) if settings.METRICS_LISTEN else None
+        )
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
+
+    def _on_packet(self, packet: dict) -> None:
+        """On the library's publishing thread: the governor reads the node's own telemetry
+        here (cheap, and never lost to a full inbound queue), the rest goes to the workers."""
+        self.sender.governor.observe(packet)
+        self.dispatcher.submit(packet)
 
     def _route(self, packet: dict) -> Any:
         return self.router.handle(packet)
@@ -86,6 +97,8 @@ class Bot:
             self.share.start()
         self.link.start()
         self.scheduler.start()
+        if self.metrics is not None:
+            self.metrics.start()  # a port in use is a WARNING: the bot runs on without metrics
 
     def health_problem(self) -> Optional[str]:
         """Why the daemon is not working, if one of its own loops died or hangs (a bug)."""
@@ -126,6 +139,8 @@ class Bot:
         """Stop taking commands, flush the outbox until the deadline, close the link."""
         started = time.monotonic()
         deadline = started + budget_s
+        if self.metrics is not None:
+            self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
         if self.share is not None:

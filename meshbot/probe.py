@@ -17,9 +17,9 @@ from typing import Any, Optional
 from meshtastic.protobuf import channel_pb2
 
 from meshbot.config import Settings
+from meshbot.link.airtime import radio_params
 from meshbot.link.interface import QueueReport
 from meshbot.link.owner import LinkStatus, NodeLink, describe_error
-from meshbot.outbox.airtime import radio_params
 
 # Heartbeats timed; the median is reported, so that a queueStatus the node sends on its
 # own right after the handshake cannot pass for a fast answer.

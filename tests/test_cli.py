@@ -125,7 +125,7 @@ def test_a_bad_config_is_still_found_without_the_dependencies(tmp_path):
 
 # --- --probe --------------------------------------------------------------------------------------
 def test_probe_reports_the_node_and_closes_its_one_connection(tmp_path):
-    with SimulatedNode(text_rate_limit_s=None, modem_preset="MEDIUM_FAST") as node:
+    with SimulatedNode(firmware_version="2.6.11", modem_preset="MEDIUM_FAST") as node:
         config = tmp_path / "config.py"
         config.write_text(f"NODE_HOST = '127.0.0.1:{node.port}'\n")
         result = run_main("--config", str(config), "--probe")
@@ -245,7 +245,7 @@ def test_log_lines_count_the_echo_broadcast_and_name_forecast(node, start_bot, c
 
 def test_status_counts_unknown_refused_and_rate_limited_commands(node, start_bot):
     start_bot(node, RATE_LIMIT_COUNT=3)
-    node.user_text(ALICE, "/nosuch")  # unknown
+    node.user_text(ALICE, "/nosuch", dm=True)  # unknown (on a channel it would be another bot's)
     node.user_text(ALICE, "/bc hello")  # refused: not an admin
     node.user_text(BOB, "/ping")  # served
     node.wait_texts(3, 10)

@@ -429,3 +429,23 @@ def test_api_admin_modes() -> None:
     assert admin_refusal(encrypted, "read") == "an encrypted admin message"
     assert all(admin_refusal(p, "full") is None for p in (get, change, reset, encrypted))
     assert admin_refusal(get, "none") == "get_config_request"
+
+
+def test_client_texts_are_not_held_or_charged_by_the_bots_airtime_budget(node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot, port = start_shared(start_bot, node, AIRTIME_BUDGET_PCT=0.1)  # 3.6 s an hour
+    client = RawClient(port)
+    try:
+        client.handshake()
+        for i in range(3):  # 1.6 s on air each: the third is held
+            bot.sender.send(f"filler {i:02d} ".ljust(150, "x"))
+        wait_until(lambda: "airtime budget spent" in caplog.text, 15)
+        spent, held = bot.sender.budget.spent(), len(node.texts)
+        client.packet(0xFFFFFFFF, "a person's own words", packet_id=0x55550001)
+        texts = node.wait_texts(held + 1, 10)
+        assert texts[held].text == "a person's own words"
+        wait_until(lambda: bot.sender.stats().sent == held + 1, 5)  # its verdict is in
+        assert bot.sender.budget.spent() == spent
+        assert bot.sender.stats().queued == 1  # the bot's third text still waits for its budget
+    finally:
+        client.close()

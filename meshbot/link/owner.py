@@ -26,9 +26,9 @@ import serial
 from meshtastic.mesh_interface import MeshInterface
 from pubsub import pub
 
-from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
+from meshbot.link.airtime import RadioParams, radio_params
 from meshbot.link.interface import (
     NODE_CLOSED,
     LinkEvents,
@@ -40,6 +40,7 @@ from meshbot.link.interface import (
     TxQueueFull,
     find_serial_port,
 )
+from meshbot.link.nodedb import HeardClock
 from meshbot.text import format_duration
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class NodeLink:
         # Until the link is up, received packets wait here (see _HELD_PACKETS_MAX).
         self._held: Optional[collections.deque[dict]] = collections.deque(maxlen=_HELD_PACKETS_MAX)
         self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
+        # When the bot last heard each node, across connections; it also bounds the node DB.
+        self.heard = HeardClock(settings.NODE_DB_MAX)
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
         # Shared node API (meshbot/share): given every FromRadio frame of every interface,
@@ -559,6 +562,7 @@ class NodeLink:
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
             link_timeout_s=s.LINK_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 
@@ -573,6 +577,7 @@ class NodeLink:
             device,
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 
-from meshbot.config import Settings, split_listen
+from meshbot.config import API_LISTEN_FORM, Settings, split_host_port
 from meshbot.link.interface import LinkLost, TxQueueFull
 from meshbot.link.owner import LinkState, LinkStatus, NodeLink
 from meshbot.outbox.sender import MessageSender, OutgoingText
@@ -88,7 +88,7 @@ class ApiServer:
     def __init__(
         self, settings: Settings, link: NodeLink, sender: MessageSender, *, idle_timeout_s: float = IDLE_TIMEOUT_S
     ) -> None:
-        self._host, self._port = split_listen(settings.API_LISTEN)
+        self._host, self._port = split_host_port(settings.API_LISTEN, API_LISTEN_FORM)
         self.listen_address = settings.API_LISTEN
         self._max_clients = settings.API_MAX_CLIENTS
         self._admin_mode = settings.API_ADMIN
