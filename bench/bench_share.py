@@ -25,7 +25,8 @@ from meshtastic.protobuf import mesh_pb2, portnums_pb2
 from meshbot.sim.node import SimulatedNode
 
 NAME = "share"
-SETTINGS = dict(MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000)
+# The airtime budget out of the way too: 400 pings would spend the default 5 % of an hour.
+SETTINGS = dict(MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000, AIRTIME_BUDGET_PCT=100.0)
 CLIENTS = 4
 RATE = 200  # packets per second from the mesh
 _TICK_S = 0.05
