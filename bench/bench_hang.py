@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import logging
 import sys
 import time
 from typing import Optional
-
-import logging
 
 from common import Row, print_table
 
