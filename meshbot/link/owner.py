@@ -505,7 +505,7 @@ class NodeLink:
 
     def _slow_handshake(self, waited_s: float) -> None:
         log.warning(
-            "no config from the node at %s within %g s; waiting on this connection rather than "
+            "no config from the node at %s within %g s; still waiting on this connection rather than "
             "opening another (node busy or hung? another program on that port?)",
             self.address, waited_s,
         )
@@ -577,6 +577,7 @@ class NodeLink:
             device,
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            link_timeout_s=s.LINK_TIMEOUT_S,
             heard=self.heard,
             connectNow=False,
         )
