@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, Row, cpu_seconds, percentile, print_table, rss_mb, start_bot, stop_bot
+from common import ROOT, Row, cpu_seconds, percentile, ping_latencies, print_table, rss_mb, start_bot, stop_bot
 
 from meshbot.sim.node import SimulatedNode
 
@@ -27,19 +27,6 @@ SETTINGS = dict(MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT
 # that empties at once (with the default 0.2 s per packet, replies faster than 80/s fill
 # its 16 slots and the library then waits for a queueStatus that a real radio never sends).
 NODE = dict(firmware_version="2.6.11", tx_time_s=0.0)  # no 2 s limit: the bot is measured, not the firmware
-
-
-def bench_latency(node: SimulatedNode, count: int) -> list[float]:
-    """Seconds from a /ping frame written to the bot to its reply frame read back."""
-    latencies = []
-    for i in range(count):
-        before = len(node.texts)
-        packet = node.user_packet(0x1A2B3C01 + i % 3, "/ping", dm=i % 2 == 0)
-        sent_at = time.monotonic()
-        node.deliver(packet)
-        texts = node.wait_texts(before + 1, 10)
-        latencies.append(texts[before].at - sent_at)
-    return latencies
 
 
 def bench_interface_cpu(kind: str, count: int) -> float:
@@ -97,7 +84,7 @@ def run(quick: bool = False) -> list[Row]:
             if not node.wait_connected(20):
                 raise RuntimeError("bot did not connect: " + (proc.stderr.read() if proc.stderr else ""))
             time.sleep(0.5)
-            latencies = bench_latency(node, 50 if quick else 200)
+            latencies = ping_latencies(node, 50 if quick else 200)
             p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
             rows += [
                 Row(NAME, f"/ping bot-added latency p50 (n={len(latencies)})", p50, "ms"),

@@ -18,7 +18,7 @@ import struct
 import threading
 import time
 
-from common import Row, percentile, print_table, start_bot, stop_bot, wait_for
+from common import Row, percentile, ping_latencies, print_table, start_bot, stop_bot, wait_for
 
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 
@@ -104,21 +104,6 @@ class Client(threading.Thread):
         self.sock.close()
 
 
-def ping_latencies(node: SimulatedNode, count: int) -> list[float]:
-    latencies = []
-    for i in range(count):
-        before = len(node.texts)
-        packet = node.user_packet(0x1A2B3C01 + i % 3, "/ping", dm=i % 2 == 0)
-        sent_at = time.monotonic()
-        node.deliver(packet)
-        texts = node.wait_texts(before + 1, 10)
-        if len(texts) <= before:
-            raise RuntimeError("the bot did not answer a /ping")
-        latencies.append(texts[before].at - sent_at)
-        time.sleep(0.02)
-    return latencies
-
-
 def run(quick: bool = False) -> list[Row]:
     pings = 60 if quick else 200
     port = _free_port()
@@ -135,7 +120,7 @@ def run(quick: bool = False) -> list[Row]:
             time.sleep(0.5)
             mesh.start()
             time.sleep(1.0)
-            alone = ping_latencies(node, pings)
+            alone = ping_latencies(node, pings, gap_s=0.02)
             for _ in range(CLIENTS):
                 if not wait_for(lambda: _accepts(port), 10):
                     raise RuntimeError("the bot does not serve API_LISTEN")
@@ -147,7 +132,7 @@ def run(quick: bool = False) -> list[Row]:
                     raise RuntimeError("a client got no handshake")
                 client.measuring = True
             time.sleep(1.0)
-            shared = ping_latencies(node, pings)
+            shared = ping_latencies(node, pings, gap_s=0.02)
             time.sleep(0.5)
         finally:
             mesh.stop.set()

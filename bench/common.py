@@ -89,3 +89,21 @@ def wait_for(predicate: Any, timeout: float) -> bool:
             return True
         time.sleep(0.005)
     return False
+
+
+def ping_latencies(node: Any, count: int, gap_s: float = 0.0) -> list[float]:
+    """Seconds from each /ping frame the simulated node writes to the bot to the bot's reply
+    read back (by DM and on ch0 in turn, from three users); `gap_s` between pings."""
+    latencies = []
+    for i in range(count):
+        before = len(node.texts)
+        packet = node.user_packet(0x1A2B3C01 + i % 3, "/ping", dm=i % 2 == 0)
+        sent_at = time.monotonic()
+        node.deliver(packet)
+        texts = node.wait_texts(before + 1, 10)
+        if len(texts) <= before:
+            raise RuntimeError("the bot did not answer a /ping within 10 s")
+        latencies.append(texts[before].at - sent_at)
+        if gap_s:
+            time.sleep(gap_s)
+    return latencies

@@ -50,6 +50,7 @@ _QUIET_AFTER_FAULT_S = 0.5
 _DRAIN_S = 120.0  # after the last minute: time for replies still queued
 # The last user is out of reach: DMs to it fail (NAK), are sent once more, then given up.
 USERS = tuple(SimUser(0x50AC0000 + i, f"SK{i:02d}", f"Soak user {i}", reachable=i != 9) for i in range(12))
+_UNREACHABLE = USERS[9]
 
 _LOST = re.compile(r"link to \S+ lost after")
 _UP = re.compile(r"link up after")
@@ -206,8 +207,15 @@ class Soak:
         return {packet_id for packet_id in self.node.handed if packet_id in commands}
 
     def _replies(self) -> collections.Counter[int]:
+        """Texts the node took, per command answered. A DM to the user out of reach counts
+        once: its copy sent again after the NAK is a retry of a text nobody got, not a
+        duplicate on anyone's screen."""
         expected = self._expected
-        return collections.Counter(t.reply_id for t in self.node.texts if t.reply_id in expected)
+        replies = collections.Counter(t.reply_id for t in self.node.texts if t.reply_id in expected)
+        for text in self.node.texts:
+            if text.to == _UNREACHABLE.num and replies[text.reply_id] > 1:
+                replies[text.reply_id] = 1
+        return replies
 
     def _missing(self) -> int:
         return len(self._expected) - len(self._replies())

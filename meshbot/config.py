@@ -275,31 +275,23 @@ def split_host_port(value: str, form: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_metrics_listen(value: Any) -> str:
-    """METRICS_LISTEN: '' or an address to serve Prometheus metrics on.
-
-    The host is never implied: '0.0.0.0' (every interface) must be written out, since the
-    counters tell anyone who can reach the port how busy the bot is.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"expected {METRICS_LISTEN_FORM}, got {value!r}")
-    value = value.strip()
-    if value:
-        split_host_port(value, METRICS_LISTEN_FORM)
-    return value
-
-
 API_LISTEN_FORM = "'' (off), or 'host:port' like '0.0.0.0:4403', '127.0.0.1:4404' or '[::]:4403'"
 
 
-def parse_listen(value: Any) -> str:
-    """API_LISTEN: '' or a 'host:port' the bot can listen on."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected {API_LISTEN_FORM}, got {value!r}")
-    value = value.strip()
-    if value:
-        split_host_port(value, API_LISTEN_FORM)
-    return value
+def listen_address_parser(form: str) -> Callable[[Any], str]:
+    """A parser for a key naming where the bot listens (API_LISTEN, METRICS_LISTEN): ''
+    (off) or 'host:port'. The host is never implied: '0.0.0.0' (every interface) must be
+    written out, since whoever reaches the port can use the node or see how busy it is."""
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected {form}, got {value!r}")
+        value = value.strip()
+        if value:
+            split_host_port(value, form)
+        return value
+
+    return parse
 
 
 TIMEZONE_FORM = "an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone"
@@ -565,7 +557,7 @@ class Settings:
         "",
         str,
         "Serve the node's TCP API here to the phone app, the meshtastic CLI and other clients, over the bot's one connection.",
-        parse=parse_listen,
+        parse=listen_address_parser(API_LISTEN_FORM),
         form=API_LISTEN_FORM,
         example="API_LISTEN = '0.0.0.0:4403'",
     )
@@ -624,7 +616,7 @@ class Settings:
         "",
         str,
         "Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them).",
-        parse=parse_metrics_listen,
+        parse=listen_address_parser(METRICS_LISTEN_FORM),
         form=METRICS_LISTEN_FORM,
         example="METRICS_LISTEN = '127.0.0.1:9464'",
     )
