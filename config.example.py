@@ -83,6 +83,10 @@ WEATHER_CACHE_S = 600.0
 # Longest wait for one weather or geocoding request, its one retry included. Expected: a number from 0.1 to 60.
 WEATHER_TIMEOUT_S = 8.0
 
+# --- State -----------------------------------------------------------------
+# Directory of the state database (the outbox, the commands answered, the counters), kept across restarts; '': systemd's $STATE_DIRECTORY when set, else ./state; ':memory:': keep nothing. Expected: a directory path, '' or ':memory:'.
+STATE_DIR = ''
+
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
 LOG_LEVEL = 'INFO'

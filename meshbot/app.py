@@ -20,6 +20,7 @@ from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler
 from meshbot.outbox.sender import MessageSender
+from meshbot.state.store import StateStore, resolve_state_dir
 from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
 
@@ -44,12 +45,14 @@ class Bot:
         for module in modules:
             self.registry.add_module(module)
         self.stats = BotStats()
+        # Opened in start(): --check-config builds a Bot too, and must not create files.
+        self.state = StateStore(resolve_state_dir(settings.STATE_DIR))
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
         self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
-        self.sender = MessageSender(settings, self.link, own_broadcasts)
+        self.sender = MessageSender(settings, self.link, own_broadcasts, self.state)
         self.weather = WeatherClient(settings)
-        self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather)
+        self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather, self.state)
         self.router = Router(self.services, own_broadcasts)
         self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
         self.stall_limit_s = stall_limit_s(settings)
@@ -65,8 +68,13 @@ class Bot:
             "meshbot starting: node %s, %d commands, %d handler threads",
             self.link.address, len(self.registry.commands()), self.settings.HANDLER_THREADS,
         )
+        if self.state.open():
+            self.stats.commands += self.state.counters().get("commands", 0)
+            answered = self.router.restore_answered()
+            if answered:
+                log.info("%d commands answered by the last run will not be answered again", answered)
         self.dispatcher.start()
-        self.sender.start()
+        self.sender.start()  # takes back the texts the last run left
         self.link.start()
         self.scheduler.start()
 
@@ -112,4 +120,5 @@ class Bot:
         self.sender.stop(deadline=deadline - 1.0)
         self.link.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.weather.close()
+        self.state.close()
         log.info("meshbot stopped in %.1f s", time.monotonic() - started)

@@ -203,6 +203,16 @@ def parse_http_url(value: Any) -> str:
     return value
 
 
+def parse_state_dir(value: Any) -> str:
+    """STATE_DIR: a path, '' (the default place) or ':memory:'. Whether it is writable is
+    found out at start-up: a bad directory is a WARNING then, never a refusal to start."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or value != value.strip():
+        raise ValueError(f"expected a directory path, '' or ':memory:', got {value!r}")
+    return value
+
+
 def _key(default: Any, kind: type, doc: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": KeySpec(kind=kind, doc=doc, **spec)})
 
@@ -343,6 +353,15 @@ class Settings:
     WEATHER_TIMEOUT_S: float = _key(
         8.0, float, "Longest wait for one weather or geocoding request, its one retry included.", low=0.1, high=60
     )
+    # --- state -----------------------------------------------------------------------
+    STATE_DIR: str = _key(
+        "",
+        str,
+        "Directory of the state database (the outbox, the commands answered, the counters), kept across restarts;"
+        " '': systemd's $STATE_DIRECTORY when set, else ./state; ':memory:': keep nothing.",
+        form="a directory path, '' or ':memory:'",
+        parse=parse_state_dir,
+    )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
 
@@ -457,6 +476,7 @@ _SECTIONS = {
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
     "WEATHER_API_URL": "Weather",
+    "STATE_DIR": "State",
     "LOG_LEVEL": "Logging",
 }
 

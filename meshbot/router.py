@@ -27,6 +27,7 @@ from meshbot.ratelimit import Decision, RateLimiter
 if TYPE_CHECKING:
     from meshbot.link.owner import NodeLink
     from meshbot.outbox.sender import MessageSender
+    from meshbot.state.store import StateStore
     from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class Services:
     registry: CommandRegistry
     stats: BotStats
     weather: Optional["WeatherClient"] = None
+    state: Optional["StateStore"] = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,15 @@ class Router:
         self._own_broadcasts = own_broadcasts
         self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
         self._admins = frozenset(settings.ADMIN_NODES)
+
+    def restore_answered(self) -> int:
+        """At start-up: the commands the last run answered within DEDUP_WINDOW_S count as
+        seen, so that the node's replay of its queue for the client is not answered twice."""
+        state = self._services.state
+        keys = state.answered_since(self._services.settings.DEDUP_WINDOW_S) if state is not None else []
+        for key, age_s in keys:
+            self._seen.restore(key, age_s)
+        return len(keys)
 
     def handle(self, packet: dict) -> None:
         message = InboundText.from_packet(packet)
@@ -276,6 +287,8 @@ class Router:
         )
         reply = self._run(ctx)
         services.stats.count_command()
+        if services.state is not None:
+            services.state.count("commands")
         self._reply(message, is_dm, reply, f"/{cmd.name}")
 
     def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
@@ -314,9 +327,15 @@ class Router:
     ) -> None:
         """Answer by DM to a DM, on the channel to a channel message, threaded to it; log one line."""
         texts = 0
+        # Kept with the reply's texts (one transaction), so a replay after a restart is ignored.
+        answered = (message.sender, message.id) if message.id else None
         if reply:
             to = message.sender if is_dm else BROADCAST_NUM
-            texts = self._services.sender.send(reply, to=to, channel=message.channel, reply_to=message.id)
+            texts = self._services.sender.send(
+                reply, to=to, channel=message.channel, reply_to=message.id, answers=answered
+            )
+        elif answered is not None and self._services.state is not None:
+            self._services.state.answered(answered)
         log.log(
             level,
             "%s from !%08x %s: %d text%s",

@@ -48,6 +48,7 @@ from meshbot.health import LoopProgress
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, error_name
+from meshbot.state.store import StateStore, StoredText
 from meshbot.text import split_text, utf8_len
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class OutgoingText:
     # Id of a write whose verdict never came (the link died): resent with this same id.
     unconfirmed_id: Optional[int] = None
     attempt: int = 1  # a DM sent again after its delivery failed: 2
+    row: Optional[int] = None  # its row in the state store, while it is stored
 
     @property
     def is_dm(self) -> bool:
@@ -117,9 +119,18 @@ def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
 class MessageSender:
     """Owns the outbox and the one thread that drains it. Thread-safe `send()`."""
 
-    def __init__(self, settings: Settings, link: NodeLink, own_broadcasts: Optional[RecentKeys] = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        link: NodeLink,
+        own_broadcasts: Optional[RecentKeys] = None,
+        state: Optional[StateStore] = None,
+    ) -> None:
         self._settings = settings
         self._link = link
+        # Every queued text is also in the store until the node took it or it was dropped,
+        # so that a restart sends what was waiting. A store never opened does nothing.
+        self._state = state or StateStore(None)
         # Texts we broadcast, so that an echo of one is not taken for a command.
         self._own_broadcasts = own_broadcasts
         self._cond = threading.Condition()
@@ -151,20 +162,41 @@ class MessageSender:
         """The shared interface, or None while the link is down. Never keep it."""
         return self._link.interface
 
-    def send(self, text: str, to: int = BROADCAST_NUM, channel: int = 0, reply_to: Optional[int] = None) -> int:
-        """Split and queue a reply; return at once with the number of texts queued."""
+    def send(
+        self,
+        text: str,
+        to: int = BROADCAST_NUM,
+        channel: int = 0,
+        reply_to: Optional[int] = None,
+        answers: Optional[tuple[int, int]] = None,
+    ) -> int:
+        """Split and queue a reply; return at once with the number of texts queued.
+
+        The texts are in the state store before this returns, in one transaction with
+        `answers`, the (sender, packet id) of the command they answer: after a restart
+        either both are there (the texts go out, a replay of the command is ignored) or
+        neither (the replayed command is answered).
+        """
         chunks = split_text(text, self._settings.MAX_TEXT_BYTES, self._settings.MAX_CHUNKS)
         now = time.monotonic()
         with self._cond:
             if self._stopping:
                 log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
                 return 0
-            for chunk in chunks:
-                self._queue.append(OutgoingText(chunk, to, channel, reply_to, now))
+            new = [OutgoingText(chunk, to, channel, reply_to, now) for chunk in chunks]
+            self._queue.extend(new)
+            dropped = []
             while len(self._queue) > self._settings.OUTBOX_MAX:
                 oldest = self._queue.popleft()
+                dropped.append(oldest)
                 self._dropped += 1
                 log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
+            # The new texts are at the tail: those not dropped already go into the store.
+            kept = new[max(0, len(new) - len(self._queue)):]
+            records = [self._stored(item) for item in kept]
+            self._state.enqueue(records, drop_rows=[d.row for d in dropped], answered=answers)
+            for item, record in zip(kept, records):
+                item.row = record.row
             self._cond.notify_all()
         return len(chunks)
 
@@ -183,7 +215,35 @@ class MessageSender:
         return self._thread.is_alive()
 
     def start(self) -> None:
+        """Take back what the last run left in the state store, then start sending."""
+        self._restore()
         self._thread.start()
+
+    def _restore(self) -> None:
+        pending = self._state.pending()
+        counters = self._state.counters()
+        now, wall = time.monotonic(), time.time()
+        with self._cond:
+            self._sent += counters.get("sent", 0)
+            self._dropped += counters.get("dropped", 0)
+            self._resent += counters.get("resent", 0)
+            self._refused += counters.get("refused", 0)
+            for stored in pending:
+                # Its age in wall time: the monotonic clock started again with this process.
+                created = now - max(0.0, wall - stored.created)
+                self._queue.append(
+                    OutgoingText(
+                        stored.text, stored.to, stored.channel, stored.reply_to, created,
+                        unconfirmed_id=stored.packet_id, attempt=stored.attempt, row=stored.row,
+                    )
+                )
+        if pending:
+            log.info("%s left by the last run, to send", "1 text" if len(pending) == 1 else f"{len(pending)} texts")
+
+    def _stored(self, item: OutgoingText) -> StoredText:
+        """The store's record of a text: its age as wall time."""
+        created = time.time() - (time.monotonic() - item.created)
+        return StoredText(item.text, item.to, item.channel, item.reply_to, created, item.unconfirmed_id, item.attempt)
 
     def stop(self, deadline: float) -> None:
         """Flush what can go out before `deadline` (monotonic), then stop the thread."""
@@ -196,7 +256,8 @@ class MessageSender:
         with self._cond:
             left = len(self._queue)
         if left:
-            log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
+            kept = "; kept for the next start" if self._state.durable else ""
+            log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
 
     # --- events from the link (library threads: only record and notify) ---------------------
     def link_changed(self, status: LinkStatus) -> None:
@@ -226,6 +287,7 @@ class MessageSender:
                     item = self._last_accepted[1]
                     self._last_accepted = None
                     self._sent -= 1
+                    self._state.count("sent", -1)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
@@ -296,9 +358,14 @@ class MessageSender:
         for attempt, item in reversed(self._delivery.due_retries(now)):
             item.attempt, item.resends, item.unconfirmed_id, item.created = attempt, 0, None, now
             self._queue.appendleft(item)
+            item.row = self._put_back(item)
 
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
         packet_id = item.unconfirmed_id or iface.new_packet_id()
+        if item.unconfirmed_id is None:
+            # Stored before the write: a text the node may have got when this process dies
+            # goes out again with this id, and receiving nodes discard the copy.
+            self._state.writing(item.row, packet_id)
         with self._cond:
             self._inflight_id, self._inflight_report, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
@@ -390,6 +457,8 @@ class MessageSender:
 
     def _accepted(self, packet_id: int, item: OutgoingText, now: float) -> None:
         self._sent += 1
+        self._state.done([item.row], "sent")
+        item.row = None
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
@@ -401,16 +470,26 @@ class MessageSender:
     def _reject(self, item: OutgoingText, why: str, now: float) -> None:
         """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
         self._refused += 1
+        self._state.count("refused")
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:
             self._dropped += 1
+            self._state.done([item.row], "dropped")
             log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
             return
         self._resent += 1
+        self._state.count("resent")
         log.info("%s %s; sending it again (%d/%d)", item.label(), why, item.resends, MAX_RESENDS)
         self._requeue(item)
+        if item.row is None:  # accepted, then refused late: back in the store too
+            item.row = self._put_back(item)
         self._next_send_at = max(self._next_send_at, now + max(self._settings.MIN_TEXT_INTERVAL_S, _RETRY_GAP_S))
+
+    def _put_back(self, item: OutgoingText) -> Optional[int]:
+        stored = self._stored(item)
+        self._state.put_back(stored)
+        return stored.row
 
     def _requeue(self, item: OutgoingText) -> None:
         self._queue.appendleft(item)
@@ -432,10 +511,13 @@ class MessageSender:
         if not any(now - item.created > ttl for item in self._queue):
             return
         kept: collections.deque[OutgoingText] = collections.deque()
+        expired = []
         for item in self._queue:
             if now - item.created > ttl:
                 self._dropped += 1
+                expired.append(item.row)
                 log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
             else:
                 kept.append(item)
         self._queue = kept
+        self._state.done(expired, "dropped")
