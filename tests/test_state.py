@@ -201,6 +201,17 @@ def test_the_outbox_keeps_its_order_when_a_text_is_put_back_at_the_head(tmp_path
     again.close()
 
 
+def test_a_second_bot_on_the_same_state_dir_runs_in_memory(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="meshbot")
+    first, second = StateStore(tmp_path), StateStore(tmp_path)
+    assert first.open()
+    assert not second.open() and not second.durable
+    assert "in use by another meshbot process" in caplog.text
+    first.close()  # the lock goes with it (and with the process, however it dies)
+    assert second.open()
+    second.close()
+
+
 def test_state_dir_defaults_to_systemds_state_directory_else_dot_state(monkeypatch):
     monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/meshbot:/var/lib/other")
     assert resolve_state_dir("") == Path("/var/lib/meshbot")

@@ -33,6 +33,7 @@ negative; ages are clamped to 0, so nothing is dropped or forgotten early becaus
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -40,11 +41,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import IO, Iterator, Optional, Sequence
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "meshbot.db"
+LOCK_NAME = "meshbot.lock"  # held while a bot uses the database: two would both send its outbox
 IN_MEMORY = ":memory:"  # STATE_DIR value: no database at all (tests, the demo)
 SCHEMA_VERSION = 1
 # The counters kept across restarts.
@@ -106,10 +108,13 @@ def resolve_state_dir(setting: str) -> Optional[Path]:
 class StateStore:
     """The bot's durable state. Thread-safe; every method is a no-op while not open."""
 
-    def __init__(self, directory: Optional[Path]) -> None:
+    def __init__(self, directory: Optional[Path], answered_window_s: float = 600.0) -> None:
         self.directory = directory
         self.path = directory / DB_NAME if directory is not None else None
+        # Commands answered longer ago than this (DEDUP_WINDOW_S) are pruned as new ones come.
+        self._answered_window_s = answered_window_s
         self._db: Optional[sqlite3.Connection] = None
+        self._lock_file: Optional[IO[bytes]] = None
         self._lock = threading.Lock()
 
     @property
@@ -125,7 +130,9 @@ class StateStore:
             return False
         db: Optional[sqlite3.Connection] = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The texts are the users' messages: the directory is the bot's alone.
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_file = _exclusive_lock(self.path.parent / LOCK_NAME)
             # Autocommit mode: every transaction is an explicit BEGIN ... COMMIT below.
             db = sqlite3.connect(str(self.path), timeout=5.0, isolation_level=None, check_same_thread=False)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -143,10 +150,17 @@ class StateStore:
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
                 db.close()
+            self._unlock()
+            if isinstance(exc, _InUse):
+                fix = "stop the other one, or give each bot its own STATE_DIR"
+            elif isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                fix = "move the file away and restart: a new one is made"
+            else:
+                fix = "make STATE_DIR a directory the bot's user can write"
             log.warning(
                 "state database %s unusable (%s): running in memory, so texts waiting to be sent and the commands "
-                "answered will not survive a restart; fix or move the file away (a new one is made at the next start)",
-                self.path, _describe(exc),
+                "answered will not survive a restart; %s",
+                self.path, _describe(exc), fix,
             )
             return False
         self._db = db
@@ -159,6 +173,7 @@ class StateStore:
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+        self._unlock()
 
     # --- the outbox ----------------------------------------------------------------------------
     def enqueue(
@@ -288,6 +303,12 @@ class StateStore:
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        lock_file, self._lock_file = self._lock_file, None
+        if lock_file is not None:
+            lock_file.close()  # closing the file releases the lock
 
     def _remove(self, db: sqlite3.Connection, rows: Sequence[Optional[int]], counter: str) -> None:
         """Delete these rows; count them all (a text never stored, row None, counts too)."""
@@ -302,9 +323,30 @@ class StateStore:
                 (name, by, by),
             )
 
-    @staticmethod
-    def _answer(db: sqlite3.Connection, key: tuple[int, int]) -> None:
-        db.execute("INSERT OR REPLACE INTO answered (sender, packet_id, at) VALUES (?, ?, ?)", (*key, time.time()))
+    def _answer(self, db: sqlite3.Connection, key: tuple[int, int]) -> None:
+        now = time.time()
+        db.execute("INSERT OR REPLACE INTO answered (sender, packet_id, at) VALUES (?, ?, ?)", (*key, now))
+        # Indexed on `at`: finding nothing to prune is cheap.
+        db.execute("DELETE FROM answered WHERE at < ?", (now - self._answered_window_s,))
+
+
+class _InUse(OSError):
+    """Another process holds the state directory's lock."""
+
+
+def _exclusive_lock(path: Path) -> IO[bytes]:
+    """Hold `path` locked for as long as the returned file stays open (the kernel releases
+    it when the process dies, SIGKILL included); OSError if another process holds it."""
+    lock_file = open(path, "a+b")  # noqa: SIM115 - kept open on purpose
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        raise _InUse(f"in use by another meshbot process ({path} is locked)") from None
+    except OSError:
+        lock_file.close()
+        raise
+    return lock_file
 
 
 def _describe(exc: BaseException) -> str:
