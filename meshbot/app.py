@@ -44,9 +44,9 @@ class Bot:
         self.registry = CommandRegistry()
         for module in modules:
             self.registry.add_module(module)
-        self.stats = BotStats()
         # Opened in start(): --check-config builds a Bot too, and must not create files.
         self.state = StateStore(resolve_state_dir(settings.STATE_DIR), settings.DEDUP_WINDOW_S)
+        self.stats = BotStats(state=self.state)
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
         self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)

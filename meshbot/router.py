@@ -162,11 +162,14 @@ class BotStats:
 
     started_at: float = field(default_factory=time.monotonic)
     commands: int = 0
+    state: Optional["StateStore"] = None  # where the count is kept across restarts
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_command(self) -> None:
         with self._lock:
             self.commands += 1
+        if self.state is not None:
+            self.state.count("commands")
 
 
 @dataclass
@@ -287,8 +290,6 @@ class Router:
         )
         reply = self._run(ctx)
         services.stats.count_command()
-        if services.state is not None:
-            services.state.count("commands")
         self._reply(message, is_dm, reply, f"/{cmd.name}")
 
     def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
