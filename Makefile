@@ -1,43 +1,59 @@
-# meshbot: every target builds .venv from requirements.txt on first use.
+# meshbot. `make help` lists the targets. Every target builds .venv on first use, from the
+# package's own metadata (pyproject.toml, the one list of dependencies): `pip install -e .[test]`.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_SECONDS ?= 45
 MINUTES ?= 30
+PORT ?= 4403
+CONFIG ?= config.py
 
-.PHONY: demo test bench soak run check-config clean example-config install uninstall
+.DEFAULT_GOAL := help
+.PHONY: help demo test bench soak run check-config probe sim clean example-config install uninstall
 
-$(VENV)/.installed: requirements.txt
+help: ## this list
+	@echo "meshbot: make TARGET"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@# Editable: the venv runs this checkout's code; [test]: the test tools, never in the service's venv.
+	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed ## the real bot against a built-in simulated node (DEMO_SECONDS=45; 0: until Ctrl-C); reads no config.py
 	$(PY) main.py --demo --demo-seconds $(DEMO_SECONDS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed ## the whole test suite (about 3 minutes)
 	$(PY) -m pytest -q tests
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed ## every benchmark, one table (about 10 minutes)
 	$(PY) bench/run_all.py
 
 # The long run: the daemon against the simulated node, a fault every minute.
-soak: $(VENV)/.installed
+soak: $(VENV)/.installed ## the daemon for MINUTES=30 against the simulated node, a fault every minute
 	$(PY) bench/soak.py --minutes $(MINUTES)
 
-run: $(VENV)/.installed
-	$(PY) main.py --config config.py
+run: $(VENV)/.installed ## the daemon in the foreground with ./config.py (CONFIG=path for another)
+	$(PY) main.py --config $(CONFIG)
 
-check-config: $(VENV)/.installed
-	$(PY) main.py --config config.py --check-config
+# make can only exit 2 on a failure; `main.py --check-config` itself exits 78 on a bad config.
+check-config: $(VENV)/.installed ## check ./config.py: "config OK", or one line naming the bad key
+	@$(PY) main.py --config $(CONFIG) --check-config
 
-clean:
-	rm -rf $(VENV) .pytest_cache
+probe: $(VENV)/.installed ## connect to the node in ./config.py once: its name, firmware, preset, channels, round trip
+	@$(PY) main.py --config $(CONFIG) --probe
+
+sim: $(VENV)/.installed ## a simulated node alone on 127.0.0.1:PORT (4403), to try a client against
+	$(PY) -m meshbot.sim --port $(PORT)
+
+clean: ## remove .venv and the build leftovers
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Regenerate config.example.py after adding a key (a test fails until you do).
-example-config: $(VENV)/.installed
+example-config: $(VENV)/.installed ## regenerate config.example.py from meshbot/config.py
 	$(PY) -c "from meshbot.config import example_config_text as t; print(t(), end='')" > config.example.py
 
 # --- Installing as a service (README "Installing on a Raspberry Pi") ----------------------------
@@ -49,26 +65,32 @@ DESTDIR ?=
 UNITDIR ?= /etc/systemd/system
 ROOTDIR = $(DESTDIR)$(PREFIX)
 UNIT = $(DESTDIR)$(UNITDIR)/meshbot.service
-# What goes into PREFIX: the code and its docs. Not tests/, bench/, the unit, nor a local config.py.
-INSTALL_DIRS := meshbot handlers
-INSTALL_FILES := main.py requirements.txt README.md config.example.py
+# What goes into PREFIX besides the venv: the docs and the example config. The code is the
+# package, installed into the venv (not tests/, bench/, nor the unit).
+INSTALL_FILES := README.md CHANGELOG.md LICENSE config.example.py
+# What older versions copied into PREFIX: removed, so that nothing stale stays beside the venv.
+OLD_FILES := meshbot handlers main.py requirements.txt
+# What `pip install` builds the package from (a copy: building in the checkout would leave
+# root's build/ and meshbot.egg-info/ in it).
+PACKAGE_SOURCE := pyproject.toml README.md CHANGELOG.md LICENSE meshbot handlers
 
 # The service user is allocated at start (DynamicUser=yes), so it cannot own anything here:
 # every installed file is root's and world-readable (umask 022), config.py included (0644). The
 # config holds nothing secret (node ids are public, Open-Meteo needs no key); only root can
 # change it, and only root can change the code the service runs.
-install:
+install: ## sudo make install: the package in its own fresh venv in PREFIX (/opt/meshbot), the unit, a config.py if none
 	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path other than /" >&2; exit 2;; esac
 	umask 022 && mkdir -p "$(ROOTDIR)"
-	@# The code is replaced as a whole, so a module removed upstream does not linger.
-	rm -rf $(foreach d,$(INSTALL_DIRS),"$(ROOTDIR)/$(d)")
-	umask 022 && cp -R $(INSTALL_DIRS) $(INSTALL_FILES) "$(ROOTDIR)/"
-	find $(foreach d,$(INSTALL_DIRS),"$(ROOTDIR)/$(d)") -depth \( -name __pycache__ -o -name '*.pyc' \) -exec rm -rf {} +
-	chmod -R u+rwX,go+rX,go-w $(foreach f,$(INSTALL_DIRS) $(INSTALL_FILES),"$(ROOTDIR)/$(f)")
-	@# Its own venv; ExecStart runs .venv/bin/python by its full path (no console scripts).
+	@# A fresh venv every time: an upgrade keeps no package that the new version dropped.
+	rm -rf "$(ROOTDIR)/.venv" $(foreach f,$(OLD_FILES),"$(ROOTDIR)/$(f)")
+	umask 022 && cp $(INSTALL_FILES) "$(ROOTDIR)/"
+	chmod 0644 $(foreach f,$(INSTALL_FILES),"$(ROOTDIR)/$(f)")
 	umask 022 && $(PYTHON) -m venv "$(ROOTDIR)/.venv"
 	umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet --upgrade pip
-	umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet -r "$(ROOTDIR)/requirements.txt"
+	@# The package and its runtime dependencies only (no [test] extra), from a clean copy of the source.
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && cp -R $(PACKAGE_SOURCE) "$$src/" && \
+		find "$$src" -name __pycache__ -prune -exec rm -rf {} + && \
+		umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet "$$src"
 	@base=$$("$(ROOTDIR)/.venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys.executable))'); \
 	case "$$base" in /home/*|/root/*) echo "WARNING: the venv's Python is $$base, which the service cannot see (ProtectHome=yes); use PYTHON=/usr/bin/python3" >&2;; esac
 	umask 022 && mkdir -p "$(DESTDIR)$(UNITDIR)"
@@ -86,18 +108,20 @@ install:
 	@echo
 	@echo "meshbot installed in $(PREFIX), unit in $(UNITDIR)/meshbot.service. Next:"
 	@echo "  1. edit $(PREFIX)/config.py (NODE_HOST, or CONNECTION = 'serial' and SERIAL_PORT), then check it:"
-	@echo "       $(PREFIX)/.venv/bin/python -B $(PREFIX)/main.py --config $(PREFIX)/config.py --check-config"
-	@echo "  2. sudo systemctl daemon-reload"
-	@echo "  3. sudo systemctl enable --now meshbot      (after an upgrade: sudo systemctl restart meshbot)"
-	@echo "  4. systemctl status meshbot; journalctl -u meshbot -f"
+	@echo "       $(PREFIX)/.venv/bin/meshbot --config $(PREFIX)/config.py --check-config"
+	@echo "  2. try the node once (name, firmware, preset, round trip):"
+	@echo "       $(PREFIX)/.venv/bin/meshbot --config $(PREFIX)/config.py --probe"
+	@echo "  3. sudo systemctl daemon-reload"
+	@echo "  4. sudo systemctl enable --now meshbot      (after an upgrade: sudo systemctl restart meshbot)"
+	@echo "  5. systemctl status meshbot; journalctl -u meshbot -f"
 
 # Removes the unit, the code and the venv; keeps config.py (your settings).
-uninstall:
+uninstall: ## remove the unit, the venv and the docs from PREFIX; keep config.py
 	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path other than /" >&2; exit 2;; esac
 	@if [ -e "$(DESTDIR)$(UNITDIR)/multi-user.target.wants/meshbot.service" ]; then \
 		echo "meshbot is still enabled: run 'sudo systemctl disable --now meshbot' first" >&2; exit 1; fi
 	rm -f "$(UNIT)"
-	rm -rf "$(ROOTDIR)/.venv" $(foreach f,$(INSTALL_DIRS) $(INSTALL_FILES),"$(ROOTDIR)/$(f)")
+	rm -rf "$(ROOTDIR)/.venv" $(foreach f,$(INSTALL_FILES) $(OLD_FILES),"$(ROOTDIR)/$(f)")
 	@if [ -e "$(ROOTDIR)/config.py" ]; then \
 		echo "kept $(PREFIX)/config.py (your settings): delete it and $(PREFIX) yourself if you no longer need them"; \
 	else rmdir "$(ROOTDIR)" 2>/dev/null || true; fi

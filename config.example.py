@@ -4,7 +4,7 @@
 # --- The node link ---------------------------------------------------------
 # How the bot reaches the node: its TCP API (Wi-Fi, Ethernet) or a USB serial port. Expected: one of 'tcp', 'serial'.
 CONNECTION = 'tcp'
-# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo). Expected: a string.
+# Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo); '192.168.1.38:4403' sets NODE_PORT too. Expected: a hostname or IP like '192.168.1.38' or 'meshtastic.local', optionally with ':port'.
 NODE_HOST = ''
 # TCP port of the node's API. Expected: an integer from 1 to 65535.
 NODE_PORT = 4403
@@ -64,9 +64,15 @@ ADMIN_NODES = ()
 REQUIRE_PKI_FOR_ADMIN = True
 # Channel index /bc broadcasts on. Expected: an integer from 0 to 7.
 BROADCAST_CHANNEL = 0
-# Broadcasts fired on a timetable (local time of the host). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
+# Broadcasts fired on a timetable ('at' is a time of day in TIMEZONE). Expected: a list of entries like {'at': '07:30', 'text': '...'} or {'every_s': 3600, 'command': '/weather'}, each with an optional 'channel' (0-7).
 # e.g. SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]
 SCHEDULED_BROADCASTS = ()
+# Time zone of the schedule's 'at' times, daylight saving time included ('': the system's zone, from /etc/localtime). Expected: an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone.
+# e.g. TIMEZONE = 'Europe/Paris'
+TIMEZONE = ''
+# Commands turned off, built-in or from a plugin, by name (an unknown name is a WARNING). Expected: a list of command names like ['bc', 'weather'].
+# e.g. DISABLED_COMMANDS = ['bc', 'echo']
+DISABLED_COMMANDS = ()
 
 # --- Weather ---------------------------------------------------------------
 # Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.
@@ -82,6 +88,8 @@ UNITS = 'metric'
 WEATHER_CACHE_S = 600.0
 # Longest wait for one weather or geocoding request, its one retry included. Expected: a number from 0.1 to 60.
 WEATHER_TIMEOUT_S = 8.0
+# Most HTTP requests to the weather and geocoding APIs in any 24 hours, all users together (past it: cached answers, else 'busy'). Expected: an integer from 1 to 1e+06.
+WEATHER_MAX_CALLS_PER_DAY = 5000
 
 # --- State -----------------------------------------------------------------
 # Directory of the state database (the outbox, the commands answered, the counters), kept across restarts; '': systemd's $STATE_DIRECTORY when set, else ./state; ':memory:': keep nothing. Expected: a directory path, '' or ':memory:'.

@@ -3,7 +3,7 @@
     python bench/run_all.py [--quick]
 
 Each module has a `run(quick)` function returning rows. The soak runs one cycle of its
-five faults here (6 min; 3 min with --quick); `bench/soak.py --minutes 30` is the long run.
+six faults here (7 min; 3 min with --quick); `bench/soak.py --minutes 30` is the long run.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The bot's commands: one module per command family, each listed here once.
+"""The bot's built-in commands: one module per command family, each listed here once.
 
 Adding a command: write `handlers/<family>.py` with functions marked `@command(...)`,
 then add the module to `MODULES`. The order here is the order /help lists them.
+Commands from outside the repo come as plugins (entry-point group `meshbot.commands`,
+see meshbot/plugins.py) and are listed after these.
 """
 
 from __future__ import annotations

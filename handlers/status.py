@@ -50,7 +50,8 @@ def node_pages(nodes: list[dict[str, Any]], budget: int, now: float) -> list[lis
 @command("nodes", help="/nodes [page]: nodes heard most recently: name, last heard, SNR or hops")
 def nodes(ctx: CommandContext) -> Optional[str]:
     page_arg = ctx.args.split(" ")[0] if ctx.args else "1"
-    if not page_arg.isdigit() or int(page_arg) < 1:
+    # ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses.
+    if not (page_arg.isascii() and page_arg.isdigit()) or int(page_arg) < 1:
         return "usage: /nodes [page], e.g. /nodes 2"
     iface = ctx.services.sender.get_interface()
     own = ctx.services.link.status.node_num

@@ -29,6 +29,7 @@ from meshbot.weather import (
     Place,
     PlaceNotFound,
     Report,
+    ServiceBusy,
     ServiceUnavailable,
     Units,
     WeatherClient,
@@ -125,6 +126,8 @@ def answer(ctx: CommandContext, client: WeatherClient, kind: str, place_text: st
     except _Refusal as refusal:
         return list(refusal.args)
     # Expected network outcomes: one short text; meshbot.weather has logged the cause once.
+    except ServiceBusy:  # WEATHER_MAX_CALLS_PER_DAY spent and nothing cached for this place
+        return ["weather: service busy, try again later", "weather: busy"]
     except ServiceUnavailable:
         return ["weather: service unavailable, try again later", "weather: unavailable"]
     except BadAnswer:

@@ -6,10 +6,11 @@ run commands. The library adds its reader and publishing threads.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import time
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import handlers
 from meshbot.config import ConfigError, Settings
@@ -17,8 +18,9 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
-from meshbot.scheduler import Scheduler
+from meshbot.scheduler import Scheduler, resolve_zone
 from meshbot.outbox.sender import MessageSender
 from meshbot.state.store import StateStore, resolve_state_dir
 from meshbot.text import counted, format_duration
@@ -39,11 +41,11 @@ class Bot:
         *,
         interface_factory: Optional[InterfaceFactory] = None,
         modules: Sequence[types.ModuleType] = handlers.MODULES,
+        plugins: Optional[Iterable[importlib.metadata.EntryPoint]] = None,
     ) -> None:
+        """`modules`: the built-in commands; `plugins`: entry points (default: the installed ones)."""
         self.settings = settings
-        self.registry = CommandRegistry()
-        for module in modules:
-            self.registry.add_module(module)
+        self.registry: CommandRegistry = load_commands(modules, settings.DISABLED_COMMANDS, plugins)
         # Opened in start(): --check-config builds a Bot too, and must not create files.
         self.state = StateStore(resolve_state_dir(settings.STATE_DIR), settings.DEDUP_WINDOW_S)
         self.stats = BotStats(state=self.state)
@@ -54,7 +56,14 @@ class Bot:
         self.weather = WeatherClient(settings)
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather, self.state)
         self.router = Router(self.services, own_broadcasts)
-        self.scheduler = Scheduler(settings.SCHEDULED_BROADCASTS, self.router, self.sender)
+        # The zone matters only to 'at' entries: without any, the system is not asked.
+        if any(entry.at is not None for entry in settings.SCHEDULED_BROADCASTS):
+            zone, zone_name = resolve_zone(settings.TIMEZONE)
+        else:
+            zone, zone_name = None, ""
+        self.scheduler = Scheduler(
+            settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
+        )
         self.stall_limit_s = stall_limit_s(settings)
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:

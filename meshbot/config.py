@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import logging
 import re
 import runpy
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
+
+from meshbot.logs import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +203,8 @@ def parse_serial_port(value: Any) -> str:
 def parse_http_url(value: Any) -> str:
     """An API URL: http:// or https:// and a host (tests point these at 127.0.0.1)."""
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        # The exit-78 line must not print a key the operator put in the URL.
+        raise ValueError(f"expected an http:// or https:// URL, got {redact_secrets(repr(value))}")
     return value
 
 
@@ -211,6 +216,111 @@ def parse_state_dir(value: Any) -> str:
     if not isinstance(value, str) or value != value.strip():
         raise ValueError(f"expected a directory path, '' or ':memory:', got {value!r}")
     return value
+
+
+TIMEZONE_FORM = "an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone"
+
+
+def parse_timezone(value: Any) -> str:
+    """TIMEZONE: '' (the system's zone, resolved when the scheduler starts) or a zone zoneinfo knows.
+
+    Checked here, so that a typo is an exit-78 line naming the key rather than a
+    schedule that silently runs in UTC.
+    """
+    if value == "":
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected {TIMEZONE_FORM}, got {value!r}")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (ValueError, OSError, LookupError):  # not found, a directory, a path, not a TZif file
+        close = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{value!r} is not a time zone this system knows{hint}: expected {TIMEZONE_FORM}") from None
+    return value
+
+
+NODE_HOST_FORM = "a hostname or IP like '192.168.1.38' or 'meshtastic.local', optionally with ':port'"
+_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def split_node_host(value: Any) -> tuple[str, Optional[int]]:
+    """NODE_HOST -> (host, port or None): '192.168.1.38:4403' is the form `meshtastic --host`
+    teaches, so it is split rather than refused; '[fe80::1]:4403' for IPv6 with a port.
+
+    Refused, with the reason: a URL (the API is no web page), blanks anywhere (a copied
+    line break is no part of a name), a path, a port that is no port.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected {NODE_HOST_FORM}, got {value!r}")
+    if value == "":
+        return "", None  # required only for CONNECTION = 'tcp'; _check_together says so
+    if "://" in value:
+        host = value.split("://", 1)[1].split("/", 1)[0]
+        raise ValueError(
+            f"{value!r} is a URL; expected {NODE_HOST_FORM}: the bot speaks the node's TCP API"
+            f" (port 4403), not HTTP, e.g. NODE_HOST = {host!r}"
+        )
+    if any(ch.isspace() for ch in value):
+        stripped = value.strip()
+        example = f", e.g. {stripped!r}" if stripped and not any(ch.isspace() for ch in stripped) else ""
+        raise ValueError(f"{value!r} contains blanks; expected {NODE_HOST_FORM}{example}")
+    if "/" in value:
+        raise ValueError(f"{value!r} is not a host name; expected {NODE_HOST_FORM}")
+    host, port_text = value, ""
+    if value.startswith("["):  # [IPv6] or [IPv6]:port
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r}: expected an IPv6 address like '[fe80::1]' or '[fe80::1]:4403'")
+        host, port_text = inside, rest[1:]
+        _check_ipv6(value, host)
+        if rest and not port_text:
+            raise ValueError(f"{value!r}: the port after ':' is missing")
+    elif value.count(":") > 1:  # a bare IPv6 address, no port
+        _check_ipv6(value, value)
+    elif ":" in value:
+        host, _, port_text = value.partition(":")
+        if not port_text:
+            raise ValueError(f"{value!r}: the port after ':' is missing (or drop the ':')")
+    if not value.startswith("[") and value.count(":") <= 1 and not _HOSTNAME_RE.match(host):
+        raise ValueError(f"{value!r}: {host!r} is not a hostname or IP; expected {NODE_HOST_FORM}")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: the port {port_text!r} is not a port number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _check_ipv6(value: str, host: str) -> None:
+    try:
+        ipaddress.IPv6Address(host.split("%", 1)[0])  # "%eth0": a link-local address's zone
+    except ValueError:
+        raise ValueError(f"{value!r}: {host!r} is not an IPv6 address; expected {NODE_HOST_FORM}") from None
+
+
+def parse_node_host(value: Any) -> str:
+    """NODE_HOST's form is checked here; `build_settings` splits off a ':port'."""
+    split_node_host(value)
+    return value
+
+
+COMMAND_NAMES_FORM = "a list of command names like ['bc', 'weather']"
+
+
+def parse_command_names(value: Any) -> tuple[str, ...]:
+    """DISABLED_COMMANDS: names as users type them, with or without the '/', any case.
+
+    Whether each names a command is known only once the plugins are loaded (meshbot.plugins).
+    """
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValueError(f"expected {COMMAND_NAMES_FORM}, got {value!r}")
+    names = []
+    for item in value:
+        name = item.strip().lstrip("/").lower() if isinstance(item, str) else ""
+        if not name or any(ch.isspace() for ch in name):
+            raise ValueError(f"{item!r} is not a command name; expected {COMMAND_NAMES_FORM}")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _key(default: Any, kind: type, doc: str, **spec: Any) -> Any:
@@ -227,7 +337,12 @@ class Settings:
         choices=("tcp", "serial"),
     )
     NODE_HOST: str = _key(
-        "", str, "Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo)."
+        "",
+        str,
+        "Hostname or IP of the node's TCP API, e.g. '192.168.1.38' (required for tcp, unless --demo);"
+        " '192.168.1.38:4403' sets NODE_PORT too.",
+        parse=parse_node_host,
+        form=NODE_HOST_FORM,
     )
     NODE_PORT: int = _key(4403, int, "TCP port of the node's API.", low=1, high=65535)
     SERIAL_PORT: str = _key(
@@ -315,10 +430,26 @@ class Settings:
     SCHEDULED_BROADCASTS: tuple = _key(
         (),
         tuple,
-        "Broadcasts fired on a timetable (local time of the host).",
+        "Broadcasts fired on a timetable ('at' is a time of day in TIMEZONE).",
         parse=parse_schedule,
         form=_SCHEDULE_FORM,
         example="SCHEDULED_BROADCASTS = [{'at': '07:30', 'text': 'good morning mesh'}, {'every_s': 3600, 'command': '/status', 'channel': 1}]",
+    )
+    TIMEZONE: str = _key(
+        "",
+        str,
+        "Time zone of the schedule's 'at' times, daylight saving time included ('': the system's zone, from /etc/localtime).",
+        parse=parse_timezone,
+        form=TIMEZONE_FORM,
+        example="TIMEZONE = 'Europe/Paris'",
+    )
+    DISABLED_COMMANDS: tuple = _key(
+        (),
+        tuple,
+        "Commands turned off, built-in or from a plugin, by name (an unknown name is a WARNING).",
+        parse=parse_command_names,
+        form=COMMAND_NAMES_FORM,
+        example="DISABLED_COMMANDS = ['bc', 'echo']",
     )
     # --- weather ---------------------------------------------------------------------
     WEATHER_API_URL: str = _key(
@@ -352,6 +483,14 @@ class Settings:
     )
     WEATHER_TIMEOUT_S: float = _key(
         8.0, float, "Longest wait for one weather or geocoding request, its one retry included.", low=0.1, high=60
+    )
+    WEATHER_MAX_CALLS_PER_DAY: int = _key(
+        5000,
+        int,
+        "Most HTTP requests to the weather and geocoding APIs in any 24 hours, all users together"
+        " (past it: cached answers, else 'busy').",
+        low=1,
+        high=1000000,
     )
     # --- state -----------------------------------------------------------------------
     STATE_DIR: str = _key(
@@ -421,9 +560,25 @@ def build_settings(values: Mapping[str, Any], *, demo: bool = False) -> Settings
             log.warning("unknown key %s ignored%s", name, hint)
             continue
         checked[name] = _check_value(name, value, specs[name])
+    _split_port_off_host(checked)
     settings = Settings(**checked)
     _check_together(settings, demo=demo)
     return settings
+
+
+def _split_port_off_host(checked: dict[str, Any]) -> None:
+    """NODE_HOST = 'host:port' -> NODE_HOST = 'host', NODE_PORT = port, unless NODE_PORT says otherwise."""
+    raw = checked.get("NODE_HOST", "")
+    host, port = split_node_host(raw)
+    if port is None:
+        checked["NODE_HOST"] = host
+        return
+    if "NODE_PORT" in checked and checked["NODE_PORT"] != port:
+        raise ConfigError(
+            f"NODE_HOST = {raw!r} names port {port} but NODE_PORT = {checked['NODE_PORT']}: give the port once,"
+            f" e.g. NODE_HOST = {host!r} and NODE_PORT = {checked['NODE_PORT']}"
+        )
+    checked["NODE_HOST"], checked["NODE_PORT"] = host, port
 
 
 def _check_together(s: Settings, *, demo: bool) -> None:
@@ -459,7 +614,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
     except Exception as exc:  # the operator's file raised: report it in one line
         raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    _warn_lowercase_keys(namespace)
     return {k: v for k, v in namespace.items() if _KEY_RE.match(k)}
+
+
+def _warn_lowercase_keys(namespace: Mapping[str, Any]) -> None:
+    """`node_host = ...` is ignored like any lower-case helper name; say so when it is a key.
+
+    Other lower-case names are the operator's own helpers and stay silent.
+    """
+    keys = {name.lower(): name for name in Settings.specs()}
+    for name in namespace:
+        key = keys.get(name.lower())
+        if key is not None and name != key and not _KEY_RE.match(name):
+            log.warning("%s ignored: keys are upper case (did you mean %s?)", name, key)
 
 
 def load_settings(path: Optional[Path], *, demo: bool = False, overrides: Optional[Mapping[str, Any]] = None) -> Settings:

@@ -39,7 +39,7 @@ SCRIPT: tuple[Step, ...] = (
     Step(5.0, "ALIC", "/weather"),
     Step(6.0, "BOB", "/forecast ALIC"),
     Step(7.0, "ALIC", "/nodes"),
-    Step(8.0, "BOB", "/pong"),
+    Step(8.0, "BOB", "/pong", dm=True),  # on a channel an unknown command is ignored (another bot's)
     Step(9.0, "ALIC", "/bc net starts at 20:00"),
     Step(24.0, "", "the node drops the bot's connection (FIN)", event=lambda node: node.drop()),
     Step(24.5, "BOB", "/ping", channel=1),
@@ -107,10 +107,10 @@ def _play(node: SimulatedNode, users: dict[str, SimUser], transcript: Transcript
         user = users[step.user]
         where = node.short_name if step.dm else f"ch{step.channel}"
         transcript.line(user.short_name, where, step.text)
-        try:
-            node.user_text(user, step.text, channel=step.channel, dm=step.dm, hops=user.hops_away)
-        except ConnectionError:
-            transcript.line("node", "-", "*** the bot is reconnecting; message not delivered")
+        packet = node.user_packet(user, step.text, channel=step.channel, dm=step.dm, hops=user.hops_away)
+        if not node.deliver(packet):
+            # As a real node does, the simulated one keeps it for the bot's next connection.
+            transcript.line("node", "-", "*** the bot is reconnecting; the node keeps the message for it")
     transcript.line("demo", "-", "script done; the bot keeps running (Ctrl-C to stop)")
 
 

@@ -9,13 +9,14 @@ channel is answered on that channel, threaded to the command with `reply_id`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 import types
 import unicodedata
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, cast
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import portnums_pb2
@@ -23,6 +24,7 @@ from meshtastic.protobuf import portnums_pb2
 from meshbot.config import Settings
 from meshbot.dedup import RecentKeys
 from meshbot.ratelimit import Decision, RateLimiter
+from meshbot.text import quote_command
 
 if TYPE_CHECKING:
     from meshbot.link.owner import NodeLink
@@ -129,17 +131,37 @@ class InboundText:
         )
 
 
-# Bidirectional overrides and isolates can flip how a reply reads on other screens.
+# Bidirectional overrides and isolates can flip how a reply reads on other screens; bidi
+# marks (LRM, RLM, ALM) and zero-width characters are invisible, so they can make two
+# texts that look the same differ, or hide a `/` from a check that looks at the first
+# character.
 _BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+_BIDI_MARKS = {"\u200e", "\u200f", "\u061c"}
+_ZERO_WIDTH = {"\u200b", "\u200c", "\u2060", "\ufeff"}
+_ZWJ = "\u200d"
+_REMOVED = _BIDI_CONTROLS | _BIDI_MARKS | _ZERO_WIDTH
+
+
+def _emoji_part(ch: str) -> bool:
+    """A character of an emoji sequence: a symbol, a skin tone, or the emoji variation selector."""
+    return ch == "\ufe0f" or unicodedata.category(ch) in ("So", "Sk")
 
 
 def clean_args(text: str, limit: int = MAX_ARGS_CHARS) -> str:
-    """Remove control characters (NUL included) and bidi overrides, collapse blanks, cap the length."""
-    kept = []
-    for ch in text:
+    """Remove control characters (NUL included), bidi overrides and marks and zero-width
+    characters, collapse blanks, cap the length.
+
+    The zero-width joiner is kept between two emoji, where it is what makes 🏳️‍🌈 one
+    flag rather than a white flag and a rainbow; anywhere else it goes.
+    """
+    kept: list[str] = []
+    for i, ch in enumerate(text):
         if ch in "\t\n\r":
             kept.append(" ")
-        elif unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS:
+        elif ch == _ZWJ:
+            if kept and _emoji_part(kept[-1]) and i + 1 < len(text) and _emoji_part(text[i + 1]):
+                kept.append(ch)
+        elif unicodedata.category(ch) != "Cc" and ch not in _REMOVED:
             kept.append(ch)
     return " ".join("".join(kept).split())[:limit]
 
@@ -203,10 +225,30 @@ class CommandContext:
         return self.message.channel
 
 
+class _CountingSender:
+    """The sender as one handler call sees it: the same outbox, counting what the handler queues.
+
+    So that the command's log line tells every text the command cost, not only its reply.
+    """
+
+    def __init__(self, sender: "MessageSender") -> None:
+        self._sender = sender
+        self.queued = 0
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        texts = self._sender.send(*args, **kwargs)
+        self.queued += texts
+        return texts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sender, name)
+
+
 class Router:
     """Decides what a received packet is and whom to answer. Runs on handler workers.
 
-    In order: not a text, our own, or no leading `/`: ignored. Seen already (same sender
+    In order: not a text, our own, or no leading `/`: ignored. A command this bot does not
+    have, on a channel: ignored (it may be another bot's). Seen already (same sender
     and packet id) or an echo of our own broadcast: ignored. Over the sender's rate
     limit: one notice, then silence. Then the command runs, if it exists and the
     sender may run it here.
@@ -243,14 +285,23 @@ class Router:
         name = clean_args(word, 32).lower()
         if not name:
             return  # a lone "/" is not worth airtime
+        is_dm = own_num is not None and message.to == own_num
+        cmd = services.registry.lookup(name)
+        if cmd is None and not is_dm:
+            # On a channel, `/word` may be meant for another bot: not ours to answer, nor to
+            # count against the sender's rate limit.
+            log.debug("ignored /%s from !%08x on ch%d: not a command of this bot", name[:16], message.sender, message.channel)
+            return
         if message.id and not self._seen.add_if_new((message.sender, message.id)):
             log.debug("ignored a repeat of packet %08x from !%08x", message.id, message.sender)
             return
         if message.text in self._own_broadcasts:
             log.info("ignored our own broadcast echoed back by !%08x", message.sender)
             return
-        is_dm = own_num is not None and message.to == own_num
         is_admin = self._authenticated_admin(message, is_dm)
+        # Every command counts for /status, the unknown, refused and rate-limited ones too:
+        # they are what the mesh asked of the bot.
+        services.stats.count_command()
         verdict = self._limiter.check(
             message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
         )
@@ -260,8 +311,7 @@ class Router:
             log.info("rate limit: !%08x sent over %d commands", message.sender, services.settings.RATE_LIMIT_COUNT)
             self._reply(message, is_dm, f"rate limit: wait {verdict.wait_s} s", f"/{name} (rate limited)")
             return
-        cmd = services.registry.lookup(name)
-        if cmd is None:
+        if cmd is None:  # by DM: the sender meant this bot
             shown = name if len(name) <= 16 else name[:15] + "…"
             self._reply(message, is_dm, f"unknown command /{shown}: send /help", f"/{shown} (unknown)")
             return
@@ -273,11 +323,12 @@ class Router:
                 reason = f"admin commands need {need}"
             else:
                 level, reason = logging.INFO, "not an admin node"
-            self._reply(message, is_dm, "not authorized", f"/{cmd.name} refused ({reason})", level)
+            self._reply(message, is_dm, "not authorized", f"/{name} refused ({reason})", level)
             return
         if not cmd.on_channel and not is_dm:
-            self._reply(message, is_dm, f"/{cmd.name} works by DM only", f"/{cmd.name} (DM only)")
+            self._reply(message, is_dm, f"by DM only: /{cmd.name}", f"/{name} (DM only)")
             return
+        sender = _CountingSender(services.sender)
         ctx = CommandContext(
             command=cmd,
             name_used=name,
@@ -286,11 +337,12 @@ class Router:
             sender_name=node_short_name(services.sender.get_interface(), message.sender),
             is_dm=is_dm,
             is_admin=is_admin,
-            services=services,
+            services=dataclasses.replace(services, sender=cast("MessageSender", sender)),
         )
         reply = self._run(ctx)
-        services.stats.count_command()
-        self._reply(message, is_dm, reply, f"/{cmd.name}")
+        # Logged under the name used (/forecast, not /weather), with the texts the handler
+        # queued itself (the /echo broadcast) counted with the reply's.
+        self._reply(message, is_dm, reply, f"/{name}", queued_by_handler=sender.queued)
 
     def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
         """The command a text like '/weather Lyon' names (or None), and its argument string."""
@@ -324,15 +376,27 @@ class Router:
         return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
 
     def _reply(
-        self, message: InboundText, is_dm: bool, reply: Optional[str], what: str, level: int = logging.INFO
+        self,
+        message: InboundText,
+        is_dm: bool,
+        reply: Optional[str],
+        what: str,
+        level: int = logging.INFO,
+        *,
+        queued_by_handler: int = 0,
     ) -> None:
-        """Answer by DM to a DM, on the channel to a channel message, threaded to it; log one line."""
-        texts = 0
+        """Answer by DM to a DM, on the channel to a channel message, threaded to it; log one line.
+
+        A reply never starts with `/` (it is quoted: `> /...`): another bot on the channel
+        would run it as a command, whether the text is a help line or a user's words.
+        """
+        texts = queued_by_handler
         # Kept with the reply's texts (one transaction), so a replay after a restart is ignored.
         answered = (message.sender, message.id) if message.id else None
         if reply:
+            reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
-            texts = self._services.sender.send(
+            texts += self._services.sender.send(
                 reply, to=to, channel=message.channel, reply_to=message.id, answers=answered
             )
         elif answered is not None and self._services.state is not None:

@@ -4,6 +4,10 @@ Limits are in bytes, not characters: an emoji is 4 bytes, a Cyrillic letter 2. A
 never falls inside a character, prefers a space, and avoids separating a base letter
 from its combining mark or an emoji from its modifier. Chunk markers ` (1/3)` count
 inside the budget; a reply longer than the allowed number of chunks ends with `…`.
+
+No text after the first of a split starts with `/` (a cut is never placed before a word
+that starts with one): another bot on the channel would take it for a command. The
+first text is the caller's business: `quote_command` is the rule for replies.
 """
 
 from __future__ import annotations
@@ -36,8 +40,39 @@ def _glued(text: str, cut: int) -> bool:
     )
 
 
+COMMAND_START = "/"
+QUOTE = "> "
+
+
+def _skip_blank(text: str, pos: int) -> int:
+    """The first position from `pos` that is neither a blank nor invisible (a format character)."""
+    n = len(text)
+    while pos < n and (text[pos].isspace() or unicodedata.category(text[pos]) == "Cf"):
+        pos += 1
+    return pos
+
+
+def starts_command(text: str, pos: int = 0) -> bool:
+    """True if text[pos:] reads as a command to a bot: `/` after blanks and invisible characters.
+
+    Invisible ones (format characters: zero-width, bidi marks) count as nothing, since a
+    bot that strips them, as this one does, would see the `/` first.
+    """
+    pos = _skip_blank(text, pos)
+    return pos < len(text) and text[pos] == COMMAND_START
+
+
+def quote_command(text: str) -> str:
+    """`text`, or `> text` when it would start with `/` (another bot would run it as a command)."""
+    return QUOTE + text[_skip_blank(text, 0):] if starts_command(text) else text
+
+
 def _take(text: str, start: int, budget: int) -> tuple[str, int]:
-    """The longest piece of text[start:] within `budget` bytes, and where the rest starts."""
+    """The longest piece of text[start:] within `budget` bytes, and where the rest starts.
+
+    The rest never starts with `/` (see starts_command), unless the text is nothing but
+    slashes.
+    """
     end, used, n = start, 0, len(text)
     while end < n:
         size = _char_bytes(text[end])
@@ -45,14 +80,20 @@ def _take(text: str, start: int, budget: int) -> tuple[str, int]:
             break
         used += size
         end += 1
-    if end < n and not text[end].isspace():
-        space = max(text.rfind(" ", start, end), text.rfind("\n", start, end))
+    if end < n and (not text[end].isspace() or starts_command(text, end)):
         # A space in the second half of the piece is a good cut; an earlier one would
         # waste too much of a text that costs airtime, so cut the word instead.
-        if space > start + (end - start) // 2:
+        half = start + (end - start) // 2
+        cut, space = end, -1
+        while True:
+            space = max(text.rfind(" ", start, cut), text.rfind("\n", start, cut))
+            if space <= half or not starts_command(text, space):
+                break
+            cut = space  # the word after this space is a command: try an earlier space
+        if space > half:
             end = space
         else:
-            while end - 1 > start and _glued(text, end):
+            while end - 1 > start and (_glued(text, end) or starts_command(text, end)):
                 end -= 1
     piece = text[start:end].rstrip()
     while end < n and text[end].isspace():

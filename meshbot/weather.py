@@ -14,11 +14,19 @@ Why it is built this way:
   and the coordinates rounded to 0.01° (about 1 km, finer than the models' grid), and
   kept 6 hours so that a failing API can still be answered with an older copy, marked
   by its age. Geocoding answers are cached a day (a place that is not found, an hour).
+* **A daily quota.** At most `WEATHER_MAX_CALLS_PER_DAY` HTTP requests (retries and
+  geocoding included, all users together) in any rolling 24 hours: a free API key is
+  shared by everyone on the mesh, and 600 invented place names from 600 invented node
+  ids must not spend it for the rest of the day. Past it, a fresh cached answer is used
+  as always, an old one is served marked by its age, and otherwise the user is told the
+  service is busy (`ServiceBusy`); no request is made. The rolling window is counted in
+  one-minute buckets (1441 numbers, whatever the quota), so a request counts for 24 h
+  to 24 h plus a minute: never more than the quota in any 24 hours.
 * **Honest errors.** Three kinds, each one short text for the user and one WARNING
-  line (with the URL; Open-Meteo needs no key, so nothing in it is secret) in the log:
-  the place is not found, the service is unavailable (5xx, 429, timeout, unreachable),
-  or its answer is unusable (not JSON, fields missing). Anything else is a bug and
-  reaches the router, which logs its traceback.
+  line (with the URL, its secrets redacted) in the log, at most one a minute when
+  they repeat: the place is not found, the service is unavailable (5xx, 429, timeout,
+  unreachable), or its answer is unusable (not JSON, fields missing). Anything else is
+  a bug and reaches the router, which logs its traceback.
 
 Units are asked of the API (`temperature_unit`, `wind_speed_unit`,
 `precipitation_unit`), never converted here. The data classes below carry numbers,
@@ -43,6 +51,7 @@ from urllib3.exceptions import ReadTimeoutError
 
 import meshbot
 from meshbot.config import Settings
+from meshbot.logs import RepeatedWarning, redact_secrets, url_secret_names
 from meshbot.text import format_age
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,8 @@ MAX_BODY_BYTES = 256 * 1024  # our answers are ~2 KB; more is a misbehaving serv
 MAX_CACHE_ENTRIES = 1000  # per cache: a bound on memory whatever users ask for
 WAIT_GRACE_S = 0.25  # lets the fetch thread report its own, more precise, error first
 _RETRY_MIN_SHARE = 0.25  # retry only if a quarter of the budget is left for it
+QUOTA_WINDOW_S = 86400.0
+QUOTA_BUCKET_S = 60.0
 
 T = TypeVar("T")
 
@@ -85,6 +96,10 @@ class ServiceUnavailable(WeatherError):
 
 class BadAnswer(WeatherError):
     """The service answered, but not with what was asked: not JSON, fields missing, HTTP 4xx."""
+
+
+class ServiceBusy(ServiceUnavailable):
+    """WEATHER_MAX_CALLS_PER_DAY is spent and no copy is cached: no request was made."""
 
 
 class _Retryable(ServiceUnavailable):
@@ -162,6 +177,51 @@ class Report(Generic[T]):
     data: T
     age_s: float
     stale: bool = False
+
+
+# --- the quota -------------------------------------------------------------------------------------
+class RollingQuota:
+    """At most `limit` events in any `window_s`, counted in buckets of `bucket_s`.
+
+    Memory is one count per bucket (1441 for a day of minutes), whatever the limit. An
+    event counts until its bucket has left the window entirely, so the count is never
+    below the true number in any window: the quota errs on the side of fewer requests.
+    Not thread-safe (the client locks).
+    """
+
+    def __init__(
+        self, limit: int, window_s: float = QUOTA_WINDOW_S, bucket_s: float = QUOTA_BUCKET_S
+    ) -> None:
+        self.limit = limit
+        self._bucket_s = bucket_s
+        self._buckets_per_window = max(1, int(round(window_s / bucket_s)))
+        self._buckets: collections.deque[list[int]] = collections.deque()  # [bucket index, count], oldest first
+        self._used = 0
+
+    def used(self, now: float) -> int:
+        """Events counted in the window ending at `now`."""
+        self._expire(int(now // self._bucket_s))
+        return self._used
+
+    def try_take(self, now: float) -> bool:
+        """Count one event if the quota allows it; False (nothing counted) if it is spent."""
+        index = int(now // self._bucket_s)
+        self._expire(index)
+        if self._used >= self.limit:
+            return False
+        if self._buckets and self._buckets[-1][0] == index:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([index, 1])
+        self._used += 1
+        return True
+
+    def _expire(self, index: int) -> None:
+        # A bucket leaves when all of it is older than the window: strictly before the
+        # window's first bucket, so an event counts for the whole window and at most one
+        # bucket more, never less.
+        while self._buckets and self._buckets[0][0] < index - self._buckets_per_window:
+            self._used -= self._buckets.popleft()[1]
 
 
 # --- caching and single-flight ----------------------------------------------------------------------
@@ -247,10 +307,22 @@ class WeatherClient:
         self._weather = _Cache(max_age_s=STALE_MAX_S)
         self._places = _Cache(max_age_s=None)
         self._flights: dict[tuple, _Flight] = {}
+        self._quota = RollingQuota(settings.WEATHER_MAX_CALLS_PER_DAY)
+        self._quota_spent = False  # for one WARNING when it runs out and one INFO when it is back
+        # Whatever the operator wrote in the URLs' query strings is a secret for the log.
+        self._secret_names = url_secret_names(self._forecast_url) | url_secret_names(self._geocoding_url)
+        self._failures = RepeatedWarning(log, "weather: {count} more requests failed in the last {seconds} s")
+
+    @property
+    def calls_last_day(self) -> int:
+        """HTTP requests counted against WEATHER_MAX_CALLS_PER_DAY now."""
+        with self._lock:
+            return self._quota.used(self._clock())
 
     def close(self) -> None:
         """Close the session's connections. A fetch still running finishes on its own thread."""
         self._session.close()
+        self._failures.flush()
 
     # --- public queries ---------------------------------------------------------------------------
     def geocode(self, name: str) -> Place:
@@ -321,10 +393,15 @@ class WeatherClient:
             flight = self._flights.get(key)
             starting = flight is None
             if flight is None:
+                if not self._take_call_locked(now):
+                    old = cache.any(key, now)
+                    if old is None:
+                        raise ServiceBusy("WEATHER_MAX_CALLS_PER_DAY spent")
+                    return Report(old.value, now - old.stored_at, stale=True)  # not fresh, or it was returned above
                 flight = _Flight(cache, key, url, params, parse, ttl, now + self._timeout_s)
                 self._flights[key] = flight
         if starting:
-            flight.url = _full_url(url, params)  # outside the lock: only misses pay for it
+            flight.url = self._redact(_full_url(url, params))  # outside the lock: only misses pay for it
             self._start_flight(flight)
         try:
             value = self._wait(flight)
@@ -335,6 +412,24 @@ class WeatherClient:
                 raise
             return Report(old.value, self._clock() - old.stored_at, stale=True)
         return Report(value, 0.0)
+
+    def _take_call_locked(self, now: float) -> bool:
+        """Count one HTTP request against the quota, if it allows; log when it runs out or is back."""
+        if self._quota.try_take(now):
+            if self._quota_spent:
+                self._quota_spent = False
+                log.info("weather: requests possible again (WEATHER_MAX_CALLS_PER_DAY = %d)", self._quota.limit)
+            return True
+        if not self._quota_spent:
+            self._quota_spent = True
+            log.warning(
+                "weather: WEATHER_MAX_CALLS_PER_DAY (%d requests in 24 h) spent; answering from the cache or"
+                " 'service busy' until older requests leave the window", self._quota.limit,
+            )
+        return False
+
+    def _redact(self, text: str) -> str:
+        return redact_secrets(text, self._secret_names)
 
     def _start_flight(self, flight: _Flight) -> None:
         thread = threading.Thread(
@@ -358,7 +453,7 @@ class WeatherClient:
                 first = not flight.wait_timeout_logged
                 flight.wait_timeout_logged = True
             if first:
-                log.warning("weather: GET %s failed: no answer within %g s", flight.url, self._timeout_s)
+                self._failures.log("weather: GET %s failed: no answer within %g s", flight.url, self._timeout_s)
             raise ServiceUnavailable(f"no answer within {self._timeout_s:g} s")
         error = flight.error
         if isinstance(error, WeatherError):
@@ -384,7 +479,7 @@ class WeatherClient:
                     f"answering with a copy {format_age(self._clock() - old.stored_at)} old" if old is not None
                     else "no older copy to answer with"
                 )
-                log.warning("weather: GET %s failed: %s; %s", flight.url, exc, fallback)
+                self._failures.log("weather: GET %s failed: %s; %s", flight.url, self._redact(str(exc)), fallback)
         else:
             flight.value = value
             with self._lock:
@@ -404,7 +499,14 @@ class WeatherClient:
                 if attempt == 2 or left < self._timeout_s * _RETRY_MIN_SHARE:
                     suffix = " (after a retry)" if attempt == 2 else ""
                     raise ServiceUnavailable(f"{exc}{suffix}") from None
-                log.debug("weather: GET %s: %s; retrying with %.1f s left", _full_url(url, params), exc, left)
+                with self._lock:
+                    allowed = self._take_call_locked(self._clock())
+                if not allowed:
+                    raise ServiceUnavailable(f"{exc} (no retry: WEATHER_MAX_CALLS_PER_DAY spent)") from None
+                log.debug(
+                    "weather: GET %s: %s; retrying with %.1f s left",
+                    self._redact(_full_url(url, params)), self._redact(str(exc)), left,
+                )
                 attempt += 1
                 continue
             try:

@@ -51,8 +51,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 @pytest.fixture
 def node() -> Iterator[SimulatedNode]:
-    """A simulated node with its 2 s text limit off (tests that need it turn it on)."""
-    with SimulatedNode(text_rate_limit_s=None) as sim:
+    """A simulated node whose firmware (2.6.11) has no 2 s text limit: its metadata tells the
+    bot so (tests that need the limit build a 2.7 node)."""
+    with SimulatedNode(firmware_version="2.6.11") as sim:
         yield sim
 
 

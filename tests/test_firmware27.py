@@ -39,8 +39,12 @@ def test_a_silent_refusal_is_recognised_and_the_text_sent_again(start_bot, caplo
     """A node that says it is older than 2.7 but refuses anyway: the only trace of a
     refusal is a queueStatus with res 0 and the TX queue's room unchanged."""
     caplog.set_level(logging.INFO, logger="meshbot")
-    with SimulatedNode(firmware_version="2.6.11", text_rate_limit_s=2.0) as node:
-        bot = start_bot(node)
+    with SimulatedNode(firmware_version="2.6.11", text_rate_limit_s=2.0, tx_time_s=0.2) as node:
+        # 0.5 s apart: the previous text has left the TX queue (0.2 s on air), so a text
+        # whose status shows the queue empty was never taken. (Sent while the previous one
+        # still waits there, a refusal cannot be told from another packet leaving: the
+        # bot then takes the text for sent, rather than risk putting it on the air twice.)
+        bot = start_bot(node, MIN_TEXT_INTERVAL_S=0.5)
         bot.sender.send(LONG_REPLY[:500])
         texts = node.wait_texts(3, 20)
         wait_until(bot.sender.is_idle, 5)
@@ -66,8 +70,8 @@ def test_a_rate_limit_error_from_a_later_firmware_also_counts_as_a_refusal(start
 @pytest.mark.parametrize("run", range(3))
 def test_a_command_queued_while_the_node_hangs_is_answered_after_it_resumes(node, start_bot, caplog, run):
     caplog.set_level(logging.INFO, logger="meshbot")
-    bot = start_bot(node)
-    node.hang(3.0)
+    bot = start_bot(node, CONNECT_TIMEOUT_S=1.0)
+    node.hang(4.0)
     command = node.user_text(ALICE, "/ping", dm=True)  # kept for the client while hung
     wait_until(lambda: replies_to(node, command), 15)
     # The link died during the hang, and the bot waited on its one new connection
@@ -158,7 +162,7 @@ def test_a_failure_no_retry_can_cure_is_not_retried(node, start_bot, caplog):
     command = node.user_text(ALICE, "/ping", dm=True)
     wait_until(lambda: bot.sender.stats().dms.failed == 1, 10)
     assert len(replies_to(node, command)) == 1
-    assert "PKI_FAILED" in caplog.text
+    assert "node reports PKI_FAILED for text to !1a2b3c01" in caplog.text
 
 
 def test_a_dm_nobody_answers_for_is_unconfirmed_and_not_resent(start_bot):

@@ -1,5 +1,5 @@
-"""`make install` / `make uninstall` into a scratch DESTDIR: the real recipe, venv and pip included
-(about 10 s per install with a warm pip cache)."""
+"""`make install` / `make uninstall` into a scratch DESTDIR: the real recipe, a fresh venv and pip
+included (about 10 s per install with a warm pip cache)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from meshbot import __version__
 from tests.conftest import ROOT
 
 MAKE = shutil.which("make")
 pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
-EXEC_START = "ExecStart={p}/.venv/bin/python {p}/main.py --config {p}/config.py"
+EXEC_START = "ExecStart={p}/.venv/bin/python -I -B -m meshbot --config {p}/config.py"
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -29,10 +30,14 @@ def make(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_installed(prefix: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """The installed venv's Python on the installed main.py, away from the checkout; -B: write nothing."""
+    """The installed venv's meshbot, as the unit runs it, away from the checkout; -B: write nothing."""
+    return run_venv_python(prefix, "-m", "meshbot", *args, cwd=cwd)
+
+
+def run_venv_python(prefix: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     return subprocess.run(
-        [str(prefix / ".venv" / "bin" / "python"), "-B", str(prefix / "main.py"), *args],
+        [str(prefix / ".venv" / "bin" / "python"), "-I", "-B", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
     )
 
@@ -49,11 +54,17 @@ def test_install_upgrade_and_uninstall_keep_the_operators_config(tmp_path):
 
     out = make("install", f"DESTDIR={dest}").stdout
 
-    # The code, its docs and its own venv; nothing of the checkout's development files.
-    for rel in ("main.py", "requirements.txt", "README.md", "config.example.py", "meshbot/app.py", "handlers/__init__.py"):
+    # The docs and the package in its own venv; nothing of the checkout's development files.
+    for rel in ("README.md", "CHANGELOG.md", "LICENSE", "config.example.py"):
         assert (prefix / rel).is_file(), rel
-    for rel in ("tests", "bench", "meshbot.service", "Makefile", ".git"):
+    for rel in ("meshbot", "handlers", "main.py", "tests", "bench", "meshbot.service", "Makefile", ".git", "pyproject.toml"):
         assert not (prefix / rel).exists(), rel
+    where = run_venv_python(prefix, "-c", "import meshbot, handlers; print(meshbot.__file__); print(handlers.__file__)", cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    assert all(line.startswith(str(prefix / ".venv" / "lib")) for line in where.stdout.splitlines()), where.stdout
+    # The runtime dependencies only: the test tools stay out of the service's venv.
+    tools = run_venv_python(prefix, "-c", "import importlib.util as u; print(u.find_spec('pytest'), u.find_spec('meshtastic') is not None)", cwd=tmp_path)
+    assert tools.stdout.split() == ["None", "True"], tools.stdout + tools.stderr
     installed = outside_venv(prefix)
     assert not [p for p in installed if p.name == "__pycache__" or p.suffix == ".pyc"]
     # Everything readable by the service's dynamic user, writable by root only.
@@ -78,13 +89,22 @@ def test_install_upgrade_and_uninstall_keep_the_operators_config(tmp_path):
 
     # The installed venv runs the installed code.
     version = run_installed(prefix, "--version", cwd=tmp_path)
-    assert version.returncode == 0 and version.stdout.startswith("meshbot "), version.stderr
+    assert version.returncode == 0 and version.stdout == f"meshbot {__version__}\n", version.stderr
     config.write_text('NODE_HOST = "192.0.2.7"  # edited by the operator\n')
     checked = run_installed(prefix, "--config", str(config), "--check-config", cwd=tmp_path)
     assert checked.returncode == 0 and "config OK" in checked.stderr, checked.stderr
 
-    # An upgrade (`make install` again) keeps the operator's config.
+    # An upgrade (`make install` again) keeps the operator's config, and nothing stale: not a
+    # package the new version no longer needs, nor the files of the old layout (code in PREFIX).
+    site = Path(run_venv_python(prefix, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path).stdout.strip())
+    (site / "stale_dependency").mkdir()
+    (site / "stale_dependency" / "__init__.py").write_text("")
+    (prefix / "meshbot").mkdir()
+    (prefix / "meshbot" / "app.py").write_text("")
+    (prefix / "main.py").write_text("")
     out = make("install", f"DESTDIR={dest}").stdout
+    assert not (site / "stale_dependency").exists()
+    assert not (prefix / "meshbot").exists() and not (prefix / "main.py").exists()
     assert config.read_text() == 'NODE_HOST = "192.0.2.7"  # edited by the operator\n'
     assert "kept the existing /opt/meshbot/config.py" in out
     assert run_installed(prefix, "--config", str(config), "--check-config", cwd=tmp_path).returncode == 0
@@ -109,8 +129,5 @@ def test_install_writes_its_prefix_into_the_unit(tmp_path):
     # The venv works from where the unit will find it, not only from the staging directory.
     moved = tmp_path / "moved"
     (dest / "srv/meshbot").rename(moved)
-    result = subprocess.run(
-        [str(moved / ".venv/bin/python"), "-B", str(moved / "main.py"), "--version"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0 and result.stdout.startswith("meshbot "), result.stderr
+    result = run_installed(moved, "--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"meshbot {__version__}\n", result.stderr

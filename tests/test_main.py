@@ -123,17 +123,35 @@ def test_sigterm_stops_the_daemon_within_5_s_with_exit_0(tmp_path):
         assert "Traceback" not in stderr
 
 
+def run_check_with_stderr_in(tmp_path: Path, config: Path, journal_stream) -> list[str]:
+    """--check-config with stderr going to a file; JOURNAL_STREAM from journal_stream(stat of that file)."""
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        st = os.fstat(err.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=journal_stream(st))
+        subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--check-config"],
+            stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=30, check=False,
+        )
+    return err_path.read_text().splitlines()
+
+
 def test_journal_format_carries_syslog_priorities(tmp_path):
+    """stderr is the journal stream JOURNAL_STREAM names (same device and inode): priorities, no time."""
     config = write_config(tmp_path, 'NODE_HOST = "127.0.0.1"\nNODE_PROT = 1\n')
-    env = dict(os.environ, JOURNAL_STREAM="8:1234")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--config", str(config), "--check-config"],
-        capture_output=True, text=True, env=env, timeout=30,
-    )
-    lines = result.stderr.splitlines()
+    lines = run_check_with_stderr_in(tmp_path, config, lambda st: f"{st.st_dev}:{st.st_ino}")
     assert any(ln.startswith("<4>meshbot.config: unknown key NODE_PROT") for ln in lines), lines
     assert any(ln.startswith("<6>meshbot: config OK") for ln in lines), lines
     assert not any(ln[:4].isdigit() for ln in lines)  # journald adds the timestamps
+
+
+def test_an_inherited_journal_stream_is_not_the_journal(tmp_path):
+    """JOURNAL_STREAM set, but naming another file (a child of a unit whose stderr was
+    redirected): the readable format, with timestamps and level names."""
+    config = write_config(tmp_path, 'NODE_HOST = "127.0.0.1"\nNODE_PROT = 1\n')
+    lines = run_check_with_stderr_in(tmp_path, config, lambda st: f"{st.st_dev}:{st.st_ino + 1}")
+    assert not any(ln.startswith("<") for ln in lines), lines
+    assert any(ln[:4].isdigit() and "WARNING meshbot.config: unknown key NODE_PROT" in ln for ln in lines), lines
 
 
 def test_demo_runs_the_script_against_the_simulated_node():

@@ -49,7 +49,7 @@ def runnable_copy(tmp_path: Path, text: str) -> Path:
     prefix = tmp_path / "prefix"
     (prefix / ".venv" / "bin").mkdir(parents=True)
     os.symlink(sys.executable, prefix / ".venv" / "bin" / "python")
-    for name in ("main.py", "config.py", "README.md"):
+    for name in ("config.py", "README.md"):
         (prefix / name).write_text("")
     unit = tmp_path / "meshbot.service"
     unit.write_text(text.replace("/opt/meshbot", str(prefix)))
@@ -64,12 +64,13 @@ def verify_complaints(unit: Path) -> tuple[int, list[str]]:
 
 def test_the_daemon_gets_what_it_relies_on():
     d = service_directives(UNIT.read_text())
-    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]  # main.py's sd_notify
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]  # meshbot.cli sends sd_notify itself
     assert d["WatchdogSec"] == ["60"]
     assert d["Restart"] == ["on-failure"] and d["RestartSec"] == ["5"]
     assert d["RestartPreventExitStatus"] == ["78"]  # config error: no restart loop
     assert d["TimeoutStopSec"] and float(d["TimeoutStopSec"][-1]) > 5  # SIGTERM exits within 5 s
-    assert d["ExecStart"] == ["/opt/meshbot/.venv/bin/python /opt/meshbot/main.py --config /opt/meshbot/config.py"]
+    # The installed package from its venv, isolated from the working directory (-I).
+    assert d["ExecStart"] == ["/opt/meshbot/.venv/bin/python -I -B -m meshbot --config /opt/meshbot/config.py"]
     assert d["DynamicUser"] == ["yes"] and d["StateDirectory"] == ["meshbot"]
     # The node over TCP (IPv4/IPv6), DNS and HTTPS, the notify socket:
     families = " ".join(d["RestrictAddressFamilies"]).split()

@@ -58,6 +58,8 @@ from meshtastic.serial_interface import SerialInterface
 from meshtastic.stream_interface import StreamInterface
 from meshtastic.tcp_interface import TCPInterface
 
+from meshbot.logs import RepeatedWarning
+
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 4096
@@ -174,6 +176,8 @@ class _HardenedStream:
         # What the last chunk read from the transport holds beyond what the library took.
         self._rx_chunk = b""
         self._rx_pos = 0
+        # Serial noise can make thousands of bad frames: one line a minute says how many.
+        self._undecodable = RepeatedWarning(log, "ignored {count} more undecodable frames from the node in the last {seconds} s")
 
     # --- loss ------------------------------------------------------------------------
     def mark_lost(self, cause: str) -> None:
@@ -238,7 +242,7 @@ class _HardenedStream:
         try:
             from_radio.ParseFromString(fromRadioBytes)
         except DecodeError:
-            log.warning("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
+            self._undecodable.log("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
             return
         kind = from_radio.WhichOneof("payload_variant")
         # Packets and queue statuses are nearly all the traffic; the library converts

@@ -255,6 +255,18 @@ class NodeLink:
         except Exception:  # the topic may never have been created
             pass
 
+    def open_once(self) -> Any:
+        """One connection and config handshake, without the owner thread (`--probe`).
+
+        The daemon's own code path, so the probe fails where the daemon would. Raises what
+        a connection attempt raises (`describe_error()` words it); close with `close_once()`.
+        """
+        return self._open()
+
+    def close_once(self, iface: Any) -> None:
+        """Close what `open_once()` opened, completely (the node frees its client slot)."""
+        self._close(iface)
+
     # --- the owner thread ----------------------------------------------------------------
     def _run(self) -> None:
         outage = _Outage(started=time.monotonic())

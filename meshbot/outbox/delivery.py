@@ -42,6 +42,14 @@ _HISTORY_MAX = 20000  # outcomes kept for the 24 h counts
 Item = TypeVar("Item")
 
 
+class Verdict(enum.Enum):
+    """What `on_routing` made of a routing packet."""
+
+    UNTRACKED = "not about a DM awaiting its ACK"
+    HANDLED = "recorded, and logged where worth it"
+    FAILED = "a failure no retry cures: the caller logs it"
+
+
 class Outcome(enum.Enum):
     DELIVERED = "delivered"
     FAILED = "failed"
@@ -92,21 +100,24 @@ class DeliveryTracker(Generic[Item]):
             self._history.append((now, Outcome.UNCONFIRMED))
             log.debug("no word on %s: too many DMs awaiting their ACK", oldest.label)
 
-    def on_routing(self, request_id: int, reason: int, sender: int, now: float) -> bool:
-        """A routing packet naming `request_id`; True when it was about a tracked DM."""
+    def on_routing(self, request_id: int, reason: int, sender: int, now: float) -> Verdict:
+        """A routing packet naming `request_id`: what it meant for a tracked DM."""
         entry = self._pending.get(request_id)
         if entry is None:
-            return False
+            return Verdict.UNTRACKED
         if reason == _Error.NONE:
             if sender != entry.to:
-                return True  # an implicit ACK from a relay: keep waiting for the destination
+                return Verdict.HANDLED  # an implicit ACK from a relay: wait for the destination's
             del self._pending[request_id]
             self._history.append((now, Outcome.DELIVERED))
             log.debug("%s delivered", entry.label)
-            return True
+            return Verdict.HANDLED
         del self._pending[request_id]
+        if reason not in RETRYABLE:
+            self._history.append((now, Outcome.FAILED))
+            return Verdict.FAILED  # no retry cures it; the caller says why, at its level
         why = error_name(reason)
-        if reason in RETRYABLE and entry.attempt <= self._retries:
+        if entry.attempt <= self._retries:
             self._retry_at.append((now + self._retry_delay_s, entry.attempt + 1, entry.item))
             self._retried.append(now)
             log.info(
@@ -117,7 +128,7 @@ class DeliveryTracker(Generic[Item]):
             self._history.append((now, Outcome.FAILED))
             tries = f" after {entry.attempt} tries" if entry.attempt > 1 else ""
             log.info("gave up %s%s: %s", entry.label, tries, why)
-        return True
+        return Verdict.HANDLED
 
     def forget(self, packet_id: int) -> None:
         """The node refused this packet after all: it never went out."""

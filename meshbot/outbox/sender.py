@@ -16,7 +16,8 @@ once. One thread, the outbox's, drains the queue in order, one text at a time:
 * a DM's fate on the mesh (ACK, NAK, nothing) is followed by `DeliveryTracker`, which
   hands back the DMs worth another try;
 * texts older than `OUTBOX_TTL_S` and the oldest beyond `OUTBOX_MAX` are dropped, each
-  with a WARNING: nothing is lost silently.
+  with a WARNING: nothing is lost silently. A flood of them (a burst of commands, a
+  node whose duty cycle is spent) is told in one line a minute per kind, with a count.
 
 The firmware's 2 s text limit (2.7.0 and later, measured on 2.7.13) refuses silently: the
 client gets one `queueStatus` with res = 0 and the TX queue's `free` unchanged, and the
@@ -47,7 +48,8 @@ from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
-from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, error_name
+from meshbot.logs import RepeatedWarning
+from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.state.store import StateStore, StoredText
 from meshbot.text import split_text, utf8_len
 
@@ -155,6 +157,12 @@ class MessageSender:
         self._sent = self._dropped = self._resent = self._refused = 0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
+        # Warnings that a flood of commands can make once per text: one line a minute each.
+        self._full_warning = RepeatedWarning(log, "outbox full: dropped {count} more texts in the last {seconds} s")
+        self._expired_warning = RepeatedWarning(
+            log, "dropped {count} more texts not sent within OUTBOX_TTL_S in the last {seconds} s"
+        )
+        self._refused_warning = RepeatedWarning(log, "the node could not send {count} more texts in the last {seconds} s")
         link.add_observer(self)
 
     # --- public ----------------------------------------------------------------------------
@@ -190,7 +198,9 @@ class MessageSender:
                 oldest = self._queue.popleft()
                 dropped.append(oldest)
                 self._dropped += 1
-                log.warning("outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label())
+                self._full_warning.log(
+                    "outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label()
+                )
             # The new texts are at the tail: those not dropped already go into the store.
             kept = new[max(0, len(new) - len(self._queue)):]
             records = [self._stored(item) for item in kept]
@@ -258,6 +268,8 @@ class MessageSender:
         if left:
             kept = "; kept for the next start" if self._state.durable else ""
             log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
+        for warning in (self._full_warning, self._expired_warning, self._refused_warning):
+            warning.flush()  # what was counted is told now, not lost with the process
 
     # --- events from the link (library threads: only record and notify) ---------------------
     def link_changed(self, status: LinkStatus) -> None:
@@ -273,11 +285,6 @@ class MessageSender:
     def routing(self, request_id: int, reason: int, sender: int) -> None:
         """A ROUTING_APP packet naming one of our packets: an ACK, a NAK, or a refusal."""
         with self._cond:
-            if self._delivery.on_routing(request_id, reason, sender, time.monotonic()):
-                self._cond.notify_all()  # a retry may now be due
-                return
-            if not reason:
-                return  # an ACK for something not tracked (a broadcast's implicit ACK)
             if reason == _RATE_LIMITED:
                 if request_id == self._inflight_id:
                     self._inflight_rate_limited = True
@@ -292,6 +299,12 @@ class MessageSender:
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
                     return
+            verdict = self._delivery.on_routing(request_id, reason, sender, time.monotonic())
+            if verdict is Verdict.HANDLED:
+                self._cond.notify_all()  # a retry may now be due
+                return
+            if not reason:
+                return  # an ACK nobody waits for (a broadcast's implicit ACK)
             label = self._recent_ids.get(request_id)
             if label is None and request_id == self._inflight_id:
                 label = self._inflight_label  # its queueStatus is not processed yet
@@ -299,7 +312,7 @@ class MessageSender:
             return
         if reason in _OPERATOR_ERRORS:
             # The node refused to put it on the air: the operator may need to act.
-            log.warning("the node could not send %s: %s", label, error_name(reason))
+            self._refused_warning.log("the node could not send %s: %s", label, error_name(reason))
         else:
             # Delivery trouble on the mesh: the firmware retried already.
             log.info("node reports %s for %s", error_name(reason), label)
@@ -516,7 +529,7 @@ class MessageSender:
             if now - item.created > ttl:
                 self._dropped += 1
                 expired.append(item.row)
-                log.warning("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
+                self._expired_warning.log("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
             else:
                 kept.append(item)
         self._queue = kept

@@ -2,20 +2,38 @@
 
 It speaks the node's real stream protocol (0x94 0xC3, 16-bit length, protobuf) with the
 real `ToRadio`/`FromRadio` messages, over TCP or over a serial line (a pseudo-terminal
-pair standing in for the USB cable, see `attach_serial()`), and reproduces what the
-firmware does that the bot must survive:
+pair standing in for the USB cable, see `attach_serial()`), and reproduces what firmware
+2.7.x does that the bot must survive. The source is /work/shared/MESHTASTIC-NOTES.md
+(facts read in the firmware and measured on meshtasticd 2.7.13): where this module and
+the notes disagree, the notes are right and this module is the bug.
 
-* the config handshake: my_info, metadata, own node_info, 8 channels, config and
-  module config, the other node_infos, config_complete_id (nonce 69420: no nodes);
-* a `queueStatus` for every packet and every heartbeat (unless `old_firmware`);
-* one TCP client at a time: a new client closes the previous one;
-* the 2 s text rate limit, answered by a queueStatus (res 0) and a ROUTING_APP
-  RATE_LIMIT_EXCEEDED naming the dropped packet; ids seen among the client's last 20
-  packets are ignored silently;
+* the config handshake: my_info (with `reboot_count`), metadata (with
+  `firmware_version`), own node_info, 8 channels, config and module config, the other
+  node_infos, config_complete_id (nonce 69420: no nodes; 69421: nodes only), then what
+  the node kept for the phone, then a queueStatus about packet 0;
+* one TCP client at a time: a new client force-closes the previous one;
+* a `queueStatus` for every packet and every heartbeat (unless `old_firmware`), whose
+  `free` counts the slots of a 16-slot TX queue each packet for the air holds for
+  `tx_time_s`; a full queue refuses with res 32;
+* the 2 s text rate limit of firmware 2.7.0 and later (on or off from
+  `firmware_version`), counted per connection from the last accepted text when the
+  node processes the frame; a refused text gets one queueStatus res 0 that leaves
+  `free` alone, and nothing else (`rate_limit_nak=True`: also the RATE_LIMIT_EXCEEDED
+  routing error the firmware addresses to node 0); ids among the connection's last 20
+  packets are dropped with no answer at all;
+* ACK/NAK of DMs with want_ack: a ROUTING_APP from the destination, or MAX_RETRANSMIT
+  (or `nak_next()`'s error) from the node itself;
+* packets for the phone (mesh traffic, routing packets, admin answers, notifications)
+  kept in a bounded queue while no client has finished its handshake;
+* rx_time and last_heard 0 on a node without time (`has_time`);
+* a link with delay and jitter in both directions (`link_delay_s`, `link_jitter_s`),
+  in order as TCP is;
 * simulated mesh users sending texts on channels or by DM;
-* fault switches: drop (FIN or RST), stop listening for a while, go silent with the
-  socket open, reject the next packets; over serial, unplug and plug back the device,
-  or stop reading it.
+* fault switches: drop (FIN or RST), stop listening for a while, reboot, a hung node
+  process (`hang()`: the kernel still accepts), go silent with the socket open, reject
+  the next packets; over serial, unplug and plug back the device, or stop reading it;
+* optionally what `meshtasticd --sim` adds: a SIMULATOR_APP echo and a second
+  queueStatus for every packet leaving the TX queue (`sim_echo`).
 
 One client is served at a time, whichever transport it came by.
 """
@@ -24,9 +42,12 @@ from __future__ import annotations
 
 import collections
 import errno
+import heapq
+import itertools
 import logging
 import os
 import random
+import re
 import select
 import shutil
 import socket
@@ -36,7 +57,7 @@ import threading
 import time
 import tty
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from google.protobuf.message import DecodeError
 from meshtastic import BROADCAST_NUM
@@ -56,6 +77,10 @@ _SEND_TIMEOUT_S = 2.0
 # While no program has the serial device open, the node's end reads EIO at once: poll.
 _NO_READER_POLL_S = 0.01
 _TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
+# The router's answer when the TX queue is full (ERRNO_UNKNOWN in the firmware's error codes).
+_ERRNO_UNKNOWN = 32
+# Put in an outbound delay line: close the connection once the bytes before it are delivered.
+_CLOSE = object()
 
 
 def frame(message: mesh_pb2.FromRadio) -> bytes:
@@ -74,6 +99,7 @@ class SimUser:
     position: Optional[tuple[float, float]] = None
     snr: float = 6.25
     hops_away: int = 0
+    reachable: bool = True  # False: DMs to this user are never acknowledged (MAX_RETRANSMIT)
 
     @property
     def node_id(self) -> str:
@@ -254,6 +280,88 @@ class _SerialSession:
         pass
 
 
+class _Timers:
+    """One thread running callbacks at monotonic times: TX slots leaving, ACKs, wake-ups.
+
+    A heap and one thread rather than a threading.Timer per event: a benchmark puts
+    hundreds of packets a second through the TX queue.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), callback))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._heap.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if not self._running:
+                    return
+                _, _, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:  # a callback's bug must not stop every later timer
+                log.exception("simulated node timer failed")
+
+
+class _DelayLine:
+    """One direction of one connection's link: items come out `delay + uniform(0, jitter)`
+    after they went in, and never before the item put before them (TCP keeps order)."""
+
+    def __init__(self, delay: float, jitter: float, rnd: random.Random, sink: Callable[[Any], None], name: str) -> None:
+        self._delay = delay
+        self._jitter = jitter
+        self._rnd = rnd
+        self._sink = sink
+        self._items: collections.deque[tuple[float, Any]] = collections.deque()
+        self._last_release = 0.0
+        self._cond = threading.Condition()
+        self._open = True
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            if not self._open:
+                return
+            release = time.monotonic() + self._delay + self._rnd.uniform(0.0, self._jitter)
+            self._last_release = max(release, self._last_release)
+            self._items.append((self._last_release, item))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Drop what is still on the way (the connection is gone) and end the thread."""
+        with self._cond:
+            self._open = False
+            self._items.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._open and (not self._items or self._items[0][0] > time.monotonic()):
+                    self._cond.wait(self._items[0][0] - time.monotonic() if self._items else None)
+                if not self._open:
+                    return
+                _, item = self._items.popleft()
+            self._sink(item)
+
+
 class _Client:
     """One client session: an accepted TCP connection, or one open of the serial device."""
 
@@ -261,11 +369,16 @@ class _Client:
         self.transport = transport
         self.number = number
         self.write_lock = threading.Lock()
+        # The firmware's PhoneAPI object: one per connection, so a new one starts empty.
         self.seen_ids: collections.deque[int] = collections.deque(maxlen=_SEEN_IDS)
         self.last_text_at: Optional[float] = None
         self.silent = False
         self.closed = False
         self.configured = False
+        self.status_due = False  # a handshake in a backlog: its closing queueStatus comes after the batch
+        self.handshake_in_backlog = False
+        self.inbound: Optional[_DelayLine] = None  # frames on their way to the node
+        self.outbound: Optional[_DelayLine] = None  # bytes on their way to the client
 
 
 @dataclass
@@ -276,13 +389,38 @@ class NodeCounters:
     packets: int = 0
     rate_limited: int = 0
     rejected: int = 0
+    queue_full: int = 0
     ignored_repeats: int = 0
     metadata_requests: int = 0
+    phone_queue_dropped: int = 0
+
+
+def parse_version(version: str) -> tuple[int, ...]:
+    """(2, 7, 13) from "2.7.13" or "2.7.13.abcdef": the numeric fields, in order."""
+    numbers = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits.group()))
+    return tuple(numbers)
+
+
+# `text_rate_limit_s` default: on (2 s) from firmware 2.7.0, off below.
+FROM_FIRMWARE = "from firmware_version"
+RATE_LIMIT_SINCE = (2, 7, 0)
+TEXT_RATE_LIMIT_S = 2.0
 
 
 class SimulatedNode:
     """The node's TCP API (and its serial API after `attach_serial()`), in threads of this
-    process. Use start()/stop() or `with`."""
+    process. Use start()/stop() or `with`.
+
+    Threads: one reader per connection (it parses frames and passes them on, through the
+    inbound delay line when the link has a delay), and one "node process" thread that
+    handles every frame of every connection in order, as the firmware's single loop does;
+    `hang()` stops that thread alone, so the kernel still accepts and buffers.
+    """
 
     def __init__(
         self,
@@ -293,8 +431,20 @@ class SimulatedNode:
         long_name: str = "meshbot (simulated node)",
         users: tuple[SimUser, ...] = DEFAULT_USERS,
         modem_preset: str = "LONG_FAST",
-        text_rate_limit_s: Optional[float] = 2.0,
+        firmware_version: str = "2.7.13",
+        text_rate_limit_s: Union[float, None, str] = FROM_FIRMWARE,
+        rate_limit_nak: bool = False,
         old_firmware: bool = False,
+        tx_time_s: float = 0.2,  # 0: packets leave the queue at once (benchmarks of the bot alone)
+        ack_delay_s: float = 0.05,
+        nak_delay_s: float = 0.5,
+        phone_queue_max: int = 32,
+        has_time: bool = False,
+        link_delay_s: float = 0.0,
+        link_jitter_s: float = 0.0,
+        sim_echo: bool = False,
+        status_after_handshake: bool = True,
+        seed: int = 4403,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port
@@ -303,26 +453,61 @@ class SimulatedNode:
         self.long_name = long_name
         self.users: dict[int, SimUser] = {u.num: u for u in users}
         self.modem_preset = modem_preset
-        self.text_rate_limit_s = text_rate_limit_s
+        self.firmware_version = firmware_version
+        if text_rate_limit_s == FROM_FIRMWARE:
+            text_rate_limit_s = TEXT_RATE_LIMIT_S if parse_version(firmware_version) >= RATE_LIMIT_SINCE else None
+        self.text_rate_limit_s: Optional[float] = text_rate_limit_s  # type: ignore[assignment]
+        self.rate_limit_nak = rate_limit_nak  # a later firmware might deliver the RATE_LIMIT_EXCEEDED
         self.old_firmware = old_firmware
+        self.tx_time_s = tx_time_s
+        self.ack_delay_s = ack_delay_s
+        self.nak_delay_s = nak_delay_s
+        self.has_time = has_time
+        self.link_delay_s = link_delay_s
+        self.link_jitter_s = link_jitter_s
+        self.sim_echo = sim_echo
+        self.status_after_handshake = status_after_handshake
+        self.reboot_count = 3
         self.counters = NodeCounters()
         self.texts: list[SentText] = []
+        self.refused: list[int] = []  # ids of texts the rate limit dropped
+        self.handed: list[int] = []  # ids of mesh packets written to a client, in order
         self.on_text: Optional[Callable[[SentText], None]] = None
+        self.on_handed: Optional[Callable[[int], None]] = None  # called with each id added to `handed`
         self._cond = threading.Condition()
         self._listener: Optional[socket.socket] = None
         self._client: Optional[_Client] = None
+        self._sessions: list[_Client] = []  # every open connection, served or waiting (hang)
         self._running = False
         self._reject_next: list[int] = []
         self._silent_until = 0.0  # go_silent(seconds): connections until then are hung too
         self._routing_error_next: list[int] = []
-        self._packet_ids = random.Random(4403)
-        self._from_radio_id = 0
+        self._nak_next: list[int] = []
+        self._packet_ids = random.Random(seed)
+        self._link_rng = random.Random(seed + 1)
+        self._from_radio_ids = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._serial_port: Optional[_SerialPort] = None
         self._serial_dir: Optional[str] = None
         self.serial_path: Optional[str] = None  # the stable device path, once attach_serial() ran
         self.listening_since: Optional[float] = None  # monotonic; None while not listening
         self.handshake_at: Optional[float] = None  # when the last config handshake was sent
+        # The TX queue: slots in use, and the boot they belong to (a reboot empties it).
+        self._tx_used = 0
+        self._boot = 0
+        # Packets for "the phone" while no configured client can take them (MeshService's
+        # toPhoneQueue): the lock also orders them against direct writes after a handshake.
+        self._phone_lock = threading.RLock()
+        self._phone_queue: collections.deque[mesh_pb2.FromRadio] = collections.deque(maxlen=phone_queue_max)
+        # The node process: events (kind, client, payload) handled by one thread, in order.
+        self._work = threading.Condition()
+        self._events: collections.deque[tuple[str, Optional[_Client], bytes]] = collections.deque()
+        self._hung_until = 0.0
+        self._hang_pending = False  # a hang began: regroup its backlog by connection at wake-up
+        self._backlog_left = 0  # events of that backlog still to handle
+        self._deferring = False  # handling a backlog: packets for the phone wait for its end
+        self._timers: Optional[_Timers] = None
+        self._outages = 0  # stop_listening()/reboot() calls: the last one listens again
 
     # --- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "SimulatedNode":
@@ -334,16 +519,23 @@ class SimulatedNode:
 
     def start(self) -> "SimulatedNode":
         self._running = True
+        self._timers = _Timers("sim-timers")
+        self._spawn(self._node_loop, name="sim-node")
         self._listen()
         return self
 
     def stop(self) -> None:
         self._running = False
+        with self._work:
+            self._events.clear()
+            self._work.notify_all()
+        if self._timers is not None:
+            self._timers.stop()
         self._close_listener()
         self.unplug()
         with self._cond:
-            client = self._client
-        if client:
+            sessions = list(self._sessions)
+        for client in sessions:
             self._close_client(client, rst=False)
         if self._serial_dir is not None:
             shutil.rmtree(self._serial_dir, ignore_errors=True)
@@ -377,6 +569,7 @@ class SimulatedNode:
         thread.start()
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        # The kernel's part: it accepts even while the node process is hung.
         while self._running and self._listener is listener:
             try:
                 sock, _ = listener.accept()
@@ -389,38 +582,137 @@ class SimulatedNode:
             self._spawn(self._serve, client, name=f"sim-client-{client.number}")
 
     def _new_client(self, transport: _Transport) -> _Client:
-        """Make this the one client; the previous one is closed."""
+        """A connection arrived; the node process makes it the one client when it gets to it."""
         with self._cond:
-            previous = self._client
             self.counters.connections += 1
             client = _Client(transport, self.counters.connections)
             client.silent = time.monotonic() < self._silent_until
-            self._client = client
-            self._cond.notify_all()
-        if previous is not None:
-            # The firmware's one-client rule: "Force close previous TCP connection".
-            self._close_client(previous, rst=False)
+            self._sessions.append(client)
+        if self.link_delay_s or self.link_jitter_s:
+            seed = self._link_rng.getrandbits(32)
+            client.inbound = _DelayLine(
+                self.link_delay_s, self.link_jitter_s, random.Random(seed), self._post, f"sim-in-{client.number}"
+            )
+            client.outbound = _DelayLine(
+                self.link_delay_s, self.link_jitter_s, random.Random(seed + 1),
+                lambda data, c=client: self._delivered(c, data), f"sim-out-{client.number}",
+            )
+        self._post(("accept", client, b""))
         return client
+
+    def _arrive(self, client: _Client, kind: str, payload: bytes) -> None:
+        """A frame (or the EOF) the client sent: to the node process, over the link's delay."""
+        event = (kind, client, payload)
+        if client.inbound is not None:
+            client.inbound.put(event)
+        else:
+            self._post(event)
+
+    def _post(self, event: tuple[str, Optional[_Client], bytes]) -> None:
+        with self._work:
+            self._events.append(event)
+            self._work.notify()
+
+    def _hung(self) -> bool:
+        return time.monotonic() < self._hung_until
+
+    def _node_loop(self) -> None:
+        """The firmware's main loop: one event at a time, none while hung."""
+        while True:
+            with self._work:
+                while self._running and (not self._events or self._hung()):
+                    self._work.wait(max(0.001, self._hung_until - time.monotonic()) if self._hung() else None)
+                if not self._running:
+                    return
+                if self._hang_pending:
+                    # Waking up, the firmware serves the connections in the order they were
+                    # accepted, each with all it sent meanwhile (stable sort: the current
+                    # client first), then hands the still-connected client what it queued.
+                    self._hang_pending = False
+                    backlog = sorted(self._events, key=lambda e: e[1].number if e[1] is not None else 0)
+                    backlog.append(("flush", None, b""))
+                    self._events.clear()
+                    self._events.extend(backlog)
+                    self._backlog_left = len(backlog)
+                kind, client, payload = self._events.popleft()
+                in_backlog = self._backlog_left > 0
+                batch_ends = later_waiting = False
+                if in_backlog:
+                    self._backlog_left -= 1
+                    batch_ends = self._backlog_left == 0 or self._events[0][1] is not client
+                    if batch_ends:
+                        later_waiting = any(
+                            e[0] == "accept" for e in itertools.islice(self._events, 0, self._backlog_left)
+                        )
+            # A backlog is read a connection at a time before anything for the phone is
+            # written to it (StreamAPI reads all it has, then writes): a connection whose
+            # backlog ends in its EOF or `disconnect` never gets the queued packets.
+            self._deferring = in_backlog
+            try:
+                self._process(kind, client, payload)
+                if batch_ends:
+                    self._deferring = False
+                    self._end_batch(client, later_waiting)
+            except Exception:  # the simulated node must survive its own bugs to report them
+                log.exception("simulated node failed on a %s event", kind)
+            finally:
+                self._deferring = False
+
+    def _end_batch(self, client: Optional[_Client], later_waiting: bool) -> None:
+        """After a connection's backlog: what the node kept for the phone, then the
+        queueStatus a handshake in that backlog still owes. A connection that made no
+        handshake in its backlog, with a newer one waiting to replace it, gets nothing:
+        the packets stay for the newer one."""
+        with self._phone_lock:
+            handshook = client is not None and client.handshake_in_backlog
+            if client is not None:
+                client.handshake_in_backlog = False
+            if handshook or not later_waiting:
+                self._flush_phone_queue()
+            if client is not None and client.status_due:
+                client.status_due = False
+                if client is self._client:
+                    self._send(client, self._queue_status(0, 0))
+
+    def _process(self, kind: str, client: Optional[_Client], payload: bytes) -> None:
+        if kind == "flush":
+            self._flush_phone_queue()
+            return
+        assert client is not None
+        if client.closed:
+            return  # force-closed meanwhile: what it sent is lost with the PhoneAPI object
+        if kind == "accept":
+            with self._cond:
+                previous = self._client
+                self._client = client
+                self._cond.notify_all()
+            if previous is not None and previous is not client:
+                # The firmware's one-client rule: "Force close previous TCP connection".
+                self._close_client(previous, rst=False)
+        elif kind == "eof":
+            self._close_client(client, rst=False)
+        elif not client.silent:  # silent: a hung connection reads and does nothing
+            self._handle(client, payload)
 
     # --- the protocol -------------------------------------------------------------------------
     def _serve(self, client: _Client, first: bytes = b"") -> None:
-        """Parse and answer one client's frames until it is gone (either transport)."""
+        """Read one client's frames until it is gone (either transport); the node process handles them."""
         buf = bytearray()
         data = first
         try:
             while not client.closed:
-                if data and not client.silent:  # silent: a hung node reads and does nothing
+                if data:
                     buf += data
                     while True:
                         payload = self._next_frame(buf)
                         if payload is None:
                             break
-                        self._handle(client, payload)
+                        self._arrive(client, "frame", payload)
                 data = client.transport.recv()
                 if not data:
                     break
         finally:
-            self._close_client(client, rst=False)
+            self._arrive(client, "eof", b"")
 
     @staticmethod
     def _next_frame(buf: bytearray) -> Optional[bytes]:
@@ -467,57 +759,136 @@ class SimulatedNode:
 
     def _handle_packet(self, client: _Client, packet: mesh_pb2.MeshPacket) -> None:
         self.counters.packets += 1
-        if packet.id and packet.id in client.seen_ids:
-            self.counters.ignored_repeats += 1
-            return  # PhoneAPI::wasSeenRecently: ignored, no answer at all
-        client.seen_ids.append(packet.id)
+        # meshtasticd --sim skips this check (PhoneAPI::handleToRadioPacket, ARCH_PORTDUINO).
+        if packet.id and not self.sim_echo:
+            if packet.id in client.seen_ids:
+                self.counters.ignored_repeats += 1
+                return  # PhoneAPI::wasSeenRecently: ignored, no answer at all
+            client.seen_ids.append(packet.id)
         decoded = packet.decoded
         if decoded.portnum == portnums_pb2.PortNum.ADMIN_APP and packet.to == self.node_num:
             self._answer_admin(client, packet)
             return
+        now = time.monotonic()
         if decoded.portnum == _TEXT:
-            now = time.monotonic()
             limit = self.text_rate_limit_s
             if limit and client.last_text_at is not None and now - client.last_text_at < limit:
+                # 2.7.x: a queueStatus res 0 that does not count the packet, and a NAK sent
+                # to p.from = 0, out on the air: the client never sees it.
                 self.counters.rate_limited += 1
+                self.refused.append(packet.id)
                 if not self.old_firmware:
                     self._send(client, self._queue_status(packet.id, 0))
-                self._send(client, self._routing_error(packet.id, mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED))
+                if self.rate_limit_nak:
+                    self._to_phone([self._routing_packet(packet.id, mesh_pb2.Routing.Error.RATE_LIMIT_EXCEEDED)])
                 return
-            with self._cond:
-                res = self._reject_next.pop(0) if self._reject_next else 0
-            if res:
-                self.counters.rejected += 1
-                if not self.old_firmware:
-                    self._send(client, self._queue_status(packet.id, res))
-                return
+            # Stamped once the text passed PhoneAPI's checks, whatever the router does next.
             client.last_text_at = now
+        with self._cond:
+            res = self._reject_next.pop(0) if decoded.portnum == _TEXT and self._reject_next else 0
+        if res:
+            self.counters.rejected += 1
             if not self.old_firmware:
-                self._send(client, self._queue_status(packet.id, 0))
-            # Recorded once its status is on the wire: an observer never sees a text
-            # the client has not been told about.
-            sent = SentText(
-                id=packet.id,
-                to=packet.to,
-                channel=packet.channel,
-                text=decoded.payload.decode("utf-8", "replace"),
-                reply_id=decoded.reply_id,
-                want_ack=packet.want_ack,
-                at=now,
-                connection=client.number,
-            )
-            with self._cond:
-                self.texts.append(sent)
-                self._cond.notify_all()
-            if self.on_text is not None:
-                self.on_text(sent)
-            with self._cond:
-                error = self._routing_error_next.pop(0) if self._routing_error_next else 0
-            if error:
-                self._send(client, self._routing_error(packet.id, error))
+                self._send(client, self._queue_status(packet.id, res))
+            return
+        if not self._take_slot(packet):
+            self.counters.queue_full += 1
+            if not self.old_firmware:
+                self._send(client, self._queue_status(packet.id, _ERRNO_UNKNOWN))
             return
         if not self.old_firmware:
             self._send(client, self._queue_status(packet.id, 0))
+        if decoded.portnum != _TEXT:
+            return
+        # Recorded once its status is on the wire: an observer never sees a text
+        # the client has not been told about.
+        sent = SentText(
+            id=packet.id,
+            to=packet.to,
+            channel=packet.channel,
+            text=decoded.payload.decode("utf-8", "replace"),
+            reply_id=decoded.reply_id,
+            want_ack=packet.want_ack,
+            at=now,
+            connection=client.number,
+        )
+        with self._cond:
+            self.texts.append(sent)
+            self._cond.notify_all()
+        if self.on_text is not None:
+            self.on_text(sent)
+        with self._cond:
+            error = self._routing_error_next.pop(0) if self._routing_error_next else 0
+        if error:
+            self._to_phone([self._routing_packet(packet.id, error)])
+        self._schedule_ack(packet)
+
+    def _schedule_ack(self, packet: mesh_pb2.MeshPacket) -> None:
+        """What the mesh answers a sent text: an ACK from the destination, or the node's NAK."""
+        dm = packet.to != BROADCAST_NUM
+        with self._cond:
+            error = self._nak_next.pop(0) if dm and self._nak_next else 0
+            boot = self._boot
+        if error:
+            self._later(self.nak_delay_s, boot, packet.id, error, self.node_num)
+        elif not packet.want_ack:
+            return
+        elif not dm:
+            # A neighbour's rebroadcast is the implicit ACK, from the own node.
+            self._later(self.ack_delay_s, boot, packet.id, mesh_pb2.Routing.Error.NONE, self.node_num)
+        else:
+            user = self.users.get(packet.to)
+            if user is not None and user.reachable:
+                self._later(self.ack_delay_s, boot, packet.id, mesh_pb2.Routing.Error.NONE, user.num)
+            else:
+                self._later(self.nak_delay_s, boot, packet.id, mesh_pb2.Routing.Error.MAX_RETRANSMIT, self.node_num)
+
+    def _later(self, delay: float, boot: int, request_id: int, error: int, sender: int) -> None:
+        def answer() -> None:
+            if self._boot == boot:  # a reboot forgets the packets it was waiting on
+                self._to_phone([self._routing_packet(request_id, error, sender=sender)])
+
+        if self._timers is not None:
+            self._timers.call_later(delay, answer)
+
+    # --- the TX queue ---------------------------------------------------------------------------
+    def _take_slot(self, packet: mesh_pb2.MeshPacket) -> bool:
+        """Queue a packet for the air; False when the 16 slots are taken (the router's refusal)."""
+        if self.tx_time_s <= 0 and not self.sim_echo:
+            return True  # an instant radio: the slot is free again before the queueStatus
+        with self._cond:
+            if self._tx_used >= _TX_QUEUE:
+                return False
+            self._tx_used += 1
+            boot = self._boot
+        if self._timers is not None:
+            self._timers.call_later(self.tx_time_s, lambda: self._transmitted(packet, boot))
+        return True
+
+    def _transmitted(self, packet: mesh_pb2.MeshPacket, boot: int) -> None:
+        with self._cond:
+            if boot != self._boot:
+                return  # the reboot emptied the queue already
+            self._tx_used -= 1
+        if not self.sim_echo:
+            return
+        # meshtasticd --sim: the packet the simulated radio "sent", wrapped as SIMULATOR_APP,
+        # and a second queueStatus about it.
+        echo = mesh_pb2.MeshPacket()
+        echo.CopyFrom(packet)
+        setattr(echo, "from", self.node_num)
+        wrapped = mesh_pb2.Compressed(portnum=packet.decoded.portnum, data=packet.decoded.payload)
+        echo.decoded.portnum = portnums_pb2.PortNum.SIMULATOR_APP
+        echo.decoded.payload = wrapped.SerializeToString()
+        self._to_phone([self._from_radio(packet=echo)])
+        client = self._client
+        if client is not None and client.configured and not self._hung():
+            self._send(client, self._queue_status(packet.id, 0))
+
+    @property
+    def tx_free(self) -> int:
+        """Free slots of the TX queue now."""
+        return _TX_QUEUE - self._tx_used
 
     def _answer_admin(self, client: _Client, packet: mesh_pb2.MeshPacket) -> None:
         request = admin_pb2.AdminMessage()
@@ -535,23 +906,25 @@ class SimulatedNode:
             reply.decoded.portnum = portnums_pb2.PortNum.ADMIN_APP
             reply.decoded.payload = answer.SerializeToString()
             reply.decoded.request_id = packet.id
-            self._send(client, self._from_radio(packet=reply))
+            self._to_phone([self._from_radio(packet=reply)])
 
     def _queue_status(self, packet_id: int, res: int) -> mesh_pb2.FromRadio:
-        status = mesh_pb2.QueueStatus(res=res, free=_TX_QUEUE, maxlen=_TX_QUEUE, mesh_packet_id=packet_id)
+        status = mesh_pb2.QueueStatus(res=res, free=self.tx_free, maxlen=_TX_QUEUE, mesh_packet_id=packet_id)
         return self._from_radio(queueStatus=status)
 
-    def _routing_error(self, request_id: int, error: int) -> mesh_pb2.FromRadio:
+    def _routing_packet(self, request_id: int, error: int, *, sender: Optional[int] = None) -> mesh_pb2.FromRadio:
+        """A ROUTING_APP packet about `request_id`: from the own node unless `sender` is a user's."""
         packet = mesh_pb2.MeshPacket(to=self.node_num, id=self._new_packet_id(), channel=0)
-        setattr(packet, "from", self.node_num)
+        setattr(packet, "from", self.node_num if sender is None else sender)
+        if self.has_time:
+            packet.rx_time = int(time.time())
         packet.decoded.portnum = portnums_pb2.PortNum.ROUTING_APP
-        packet.decoded.payload = mesh_pb2.Routing(error_reason=error).SerializeToString()
+        packet.decoded.payload = mesh_pb2.Routing(error_reason=error).SerializeToString()  # type: ignore[arg-type]
         packet.decoded.request_id = request_id
         return self._from_radio(packet=packet)
 
     def _from_radio(self, **fields: object) -> mesh_pb2.FromRadio:
-        self._from_radio_id += 1
-        return mesh_pb2.FromRadio(id=self._from_radio_id, **fields)  # type: ignore[arg-type]
+        return mesh_pb2.FromRadio(id=next(self._from_radio_ids), **fields)  # type: ignore[arg-type]
 
     def _new_packet_id(self) -> int:
         return self._packet_ids.randint(1, 0xFFFFFFFF)
@@ -559,7 +932,7 @@ class SimulatedNode:
     # --- the config handshake ------------------------------------------------------------------
     def _metadata(self) -> mesh_pb2.DeviceMetadata:
         return mesh_pb2.DeviceMetadata(
-            firmware_version="2.7.11.sim", device_state_version=24, hasWifi=True, hasPKC=True
+            firmware_version=self.firmware_version, device_state_version=24, hasWifi=True, hasPKC=True
         )
 
     def _node_info(self, user: SimUser) -> mesh_pb2.NodeInfo:
@@ -567,7 +940,8 @@ class SimulatedNode:
             num=user.num,
             user=mesh_pb2.User(id=user.node_id, long_name=user.long_name or user.short_name, short_name=user.short_name),
             snr=user.snr,
-            last_heard=int(time.time()) - 60,
+            # A node without time (no GPS, no NTP, no phone that set it) stamps 0.
+            last_heard=int(time.time()) - 60 if self.has_time else 0,
             hops_away=user.hops_away,
         )
         if user.position is not None:
@@ -579,7 +953,10 @@ class SimulatedNode:
         own = SimUser(self.node_num, self.short_name, self.long_name)
         frames = []
         if nonce != NODES_ONLY_NONCE:
-            frames.append(self._from_radio(my_info=mesh_pb2.MyNodeInfo(my_node_num=self.node_num, reboot_count=3, min_app_version=30200, nodedb_count=len(self.users) + 1)))
+            my_info = mesh_pb2.MyNodeInfo(
+                my_node_num=self.node_num, reboot_count=self.reboot_count, min_app_version=30200, nodedb_count=len(self.users) + 1
+            )
+            frames.append(self._from_radio(my_info=my_info))
             frames.append(self._from_radio(metadata=self._metadata()))
         frames.append(self._from_radio(node_info=self._node_info(own)))
         if nonce != NODES_ONLY_NONCE:
@@ -616,9 +993,18 @@ class SimulatedNode:
         return frames
 
     def _send_config(self, client: _Client, nonce: int) -> None:
-        self._send_many(client, self._config_frames(nonce))
-        with self._cond:
+        with self._phone_lock:
+            self._send_many(client, self._config_frames(nonce))
             client.configured = True
+            if self._deferring:
+                client.handshake_in_backlog = True
+                client.status_due = self.status_after_handshake and not self.old_firmware
+            else:
+                # Right after config_complete_id: what the node kept for the phone meanwhile.
+                self._flush_phone_queue()
+                if self.status_after_handshake and not self.old_firmware:
+                    self._send(client, self._queue_status(0, 0))
+        with self._cond:
             self.handshake_at = time.monotonic()
             self.counters.handshakes += 1
             self._cond.notify_all()
@@ -633,12 +1019,76 @@ class SimulatedNode:
     def _write(self, client: _Client, data: bytes) -> bool:
         if client.closed or client.silent:
             return False
+        if client.outbound is not None:
+            client.outbound.put(data)
+            return True
+        return self._write_now(client, data)
+
+    def _delivered(self, client: _Client, data: object) -> None:
+        """The outbound delay line's end: the bytes reach the client (or the FIN does)."""
+        if data is _CLOSE:
+            assert client.outbound is not None
+            client.outbound.close()
+            client.transport.close(rst=False)
+        else:
+            assert isinstance(data, bytes)
+            self._write_now(client, data, closing=True)
+
+    def _write_now(self, client: _Client, data: bytes, *, closing: bool = False) -> bool:
+        if client.closed and not closing:
+            return False
         with client.write_lock:
             try:
                 client.transport.send(data)
                 return True
             except OSError:
                 return False
+
+    def _phone_client(self) -> Optional[_Client]:
+        """The client packets for the phone can be written to now, if any."""
+        client = self._client
+        if client is None or not client.configured or client.closed or client.silent or self._hung() or self._deferring:
+            return None
+        return client
+
+    def _to_phone(self, messages: list[mesh_pb2.FromRadio]) -> bool:
+        """Write to the client now (True) or keep for the next one (False), as MeshService does."""
+        with self._phone_lock:
+            client = self._phone_client()
+            if client is not None and not self._phone_queue and self._send_many(client, messages):
+                self._record_handed(messages)
+                return True
+            for message in messages:
+                if len(self._phone_queue) == self._phone_queue.maxlen:
+                    self.counters.phone_queue_dropped += 1  # the oldest goes
+                self._phone_queue.append(message)
+            if client is None:
+                return False
+            self._flush_phone_queue()  # behind older queued packets: keep the order
+            return not self._phone_queue
+
+    def _flush_phone_queue(self) -> None:
+        with self._phone_lock:
+            client = self._phone_client()
+            if client is None or not self._phone_queue:
+                return
+            queued = list(self._phone_queue)
+            self._phone_queue.clear()
+            if self._send_many(client, queued):
+                self._record_handed(queued)
+
+    def _record_handed(self, messages: list[mesh_pb2.FromRadio]) -> None:
+        for message in messages:
+            if message.HasField("packet"):
+                self.handed.append(message.packet.id)
+                if self.on_handed is not None:
+                    self.on_handed(message.packet.id)
+
+    @property
+    def phone_queue(self) -> list[mesh_pb2.FromRadio]:
+        """What the node keeps for the next client (a copy)."""
+        with self._phone_lock:
+            return list(self._phone_queue)
 
     def _close_client(self, client: _Client, *, rst: bool) -> None:
         with self._cond:
@@ -647,7 +1097,17 @@ class SimulatedNode:
             client.closed = True
             if self._client is client:
                 self._client = None
+            if client in self._sessions:
+                self._sessions.remove(client)
             self._cond.notify_all()
+        if client.inbound is not None:
+            client.inbound.close()  # frames still on the way are never processed
+        if client.outbound is not None and not rst:
+            # A FIN follows the bytes already on their way; a reset overtakes them.
+            client.outbound.put(_CLOSE)
+            return
+        if client.outbound is not None:
+            client.outbound.close()
         client.transport.close(rst=rst)
 
     # --- the serial line ------------------------------------------------------------------------
@@ -728,7 +1188,7 @@ class SimulatedNode:
             to=self.node_num if dm else BROADCAST_NUM,
             channel=channel,
             id=packet_id or self._new_packet_id(),
-            rx_time=int(time.time()),
+            rx_time=int(time.time()) if self.has_time else 0,  # a node without time stamps 0
             rx_snr=snr,
             rx_rssi=rssi,
             hop_start=3,
@@ -742,25 +1202,37 @@ class SimulatedNode:
         return packet
 
     def deliver(self, packet: mesh_pb2.MeshPacket) -> bool:
-        """Hand a received mesh packet to the connected client; False if none is connected."""
-        client = self._client
-        return client is not None and client.configured and self._send(client, self._from_radio(packet=packet))
+        """Hand a received mesh packet to the client: True if written now, False if the node
+        keeps it for the next client that finishes its handshake (see `handed`)."""
+        return self._to_phone([self._from_radio(packet=packet)])
 
     def deliver_many(self, packets: list[mesh_pb2.MeshPacket]) -> bool:
-        client = self._client
-        return client is not None and client.configured and self._send_many(client, [self._from_radio(packet=p) for p in packets])
+        return self._to_phone([self._from_radio(packet=p) for p in packets])
 
     def user_text(self, user: SimUser | int, text: str | bytes, **kwargs: object) -> int:
-        """A user sends a text; returns its packet id. Raises if no client is connected."""
+        """A user sends a text; returns its packet id. With no client it waits in the node."""
         packet = self.user_packet(user, text, **kwargs)  # type: ignore[arg-type]
-        if not self.deliver(packet):
-            raise ConnectionError("no client connected to the simulated node")
+        self.deliver(packet)
         return packet.id
+
+    def garbage_frames(self, count: int, payload: bytes = b"\xff\xff\xff\xff") -> bool:
+        """`count` well-framed frames whose payload is no FromRadio (serial noise, a firmware bug)."""
+        client = self._client
+        data = (bytes((START1, START2)) + struct.pack(">H", len(payload)) + payload) * count
+        return client is not None and client.configured and self._write(client, data)
+
+    def notify_client(self, level: int, message: str) -> bool:
+        """A `clientNotification` (level from mesh_pb2.LogRecord.Level), as the firmware sends
+        for a refused traceroute; kept for the next client like a packet."""
+        notification = mesh_pb2.ClientNotification(level=level, message=message)  # type: ignore[arg-type]
+        if self.has_time:
+            notification.time = int(time.time())
+        return self._to_phone([self._from_radio(clientNotification=notification)])
 
     def log_line(self, text: str) -> None:
         """Debug log text outside any frame, as a node's serial console interleaves it."""
         client = self._client
-        if client is not None:
+        if client is not None and not self._hung():  # a hung node prints nothing either
             self._write(client, text.encode("utf-8") + b"\r\n")
 
     # --- observing -------------------------------------------------------------------------------
@@ -804,16 +1276,59 @@ class SimulatedNode:
             self._close_client(client, rst=rst)
 
     def stop_listening(self, seconds: float) -> None:
-        """A reboot: drop the client, refuse connections for `seconds`, then listen again."""
+        """Drop the client (reset), refuse connections for `seconds`, then listen again.
+        The node keeps its state (see `reboot()` for a real reboot)."""
         self._close_listener()
         self.drop(rst=True)
+        with self._cond:
+            self._outages += 1
+            outage = self._outages
 
         def relisten() -> None:
             time.sleep(seconds)
-            if self._running:
+            # Only the latest outage opens the port again (two overlapping ones would bind twice).
+            if self._running and self._outages == outage:
                 self._listen()
 
         self._spawn(relisten, name="sim-relisten")
+
+    def reboot(self, seconds: float) -> None:
+        """The node reboots: every connection reset, connections refused for `seconds`,
+        `reboot_count` one higher, TX queue and phone queue gone, pending ACKs forgotten.
+        No `rebooted` frame: none came before the close on the real node."""
+        with self._cond:
+            self._boot += 1
+            self._tx_used = 0
+            self.reboot_count += 1
+            self._nak_next.clear()
+            sessions = list(self._sessions)
+        with self._phone_lock:
+            self._phone_queue.clear()
+        with self._work:
+            self._hung_until = 0.0  # a reboot ends a hang
+            self._events.clear()
+            self._work.notify_all()
+        self.stop_listening(seconds)
+        for client in sessions:
+            if not isinstance(client.transport, _SerialSession):
+                self._close_client(client, rst=True)
+
+    def hang(self, seconds: float) -> None:
+        """The node's process stops for `seconds`: nothing is read or answered on any
+        connection, packets for the client are kept, the kernel still accepts connections.
+        Then the node serves the connections in the order they were accepted, each one's
+        backlog read before anything is written to it (see `_node_loop`): a new connection
+        becomes the client (the previous one is force-closed) and, once its handshake is
+        done, gets the kept packets; the connection it had before the hang gets them only
+        if it is still open after its backlog and no newer connection is waiting."""
+        with self._work:
+            self._hung_until = time.monotonic() + seconds
+            self._hang_pending = True
+            self._work.notify_all()
+
+    @property
+    def hung(self) -> bool:
+        return self._hung()
 
     def stall(self) -> None:
         """Over serial: the node stops reading the line (a wedged USB device). What the bot
@@ -839,6 +1354,12 @@ class SimulatedNode:
         """The next accepted text is followed by a ROUTING_APP error naming it (e.g. DUTY_CYCLE_LIMIT)."""
         with self._cond:
             self._routing_error_next.append(error)
+
+    def nak_next(self, error: int = mesh_pb2.Routing.Error.MAX_RETRANSMIT) -> None:
+        """The next DM the node accepts fails: a ROUTING_APP from the node with `error`
+        (e.g. NO_RESPONSE, PKI_FAILED) after `nak_delay_s`, whatever its want_ack."""
+        with self._cond:
+            self._nak_next.append(error)
 
     def reject_next(self, count: int = 1, res: int = 32) -> None:
         """The next `count` texts get a queueStatus with this non-zero res."""
