@@ -248,6 +248,20 @@ def test_an_unusable_database_is_one_warning_and_the_bot_works(node, start_bot, 
     assert not bot.state.durable
 
 
+def test_a_database_failing_while_running_is_one_warning_and_the_bot_goes_on(node, start_bot, tmp_path, caplog):
+    bot = start_bot(node, STATE_DIR=str(tmp_path / "state"))
+    assert bot.state.durable
+    caplog.set_level(logging.WARNING, logger="meshbot")
+    # What a disk that fails (full, I/O error, file removed) does to the next statement: it raises.
+    bot.state._db.close()  # noqa: SLF001 - the one fault injected from inside
+    for count in (1, 2):
+        node.user_text(ALICE, "/ping")
+        assert len(node.wait_texts(count, 10)) == count
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "failed" in warnings[0] and "running in memory from now on" in warnings[0], warnings
+    assert not bot.state.durable
+
+
 def _without_root_powers() -> None:
     """In the child, before exec: a new user namespace. The process keeps its user (root) for
     the files' owner bits, but loses the capability to override them: a root-owned directory

@@ -285,6 +285,11 @@ class StateStore:
                 return
             try:
                 db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._failed(exc)
+                yield None  # a context manager must yield once, whatever happens
+                return
+            try:
                 yield db
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
