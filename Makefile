@@ -25,10 +25,10 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed ## the real bot against a built-in simulated node (DEMO_SECONDS=45; 0: until Ctrl-C); reads no config.py
 	$(PY) main.py --demo --demo-seconds $(DEMO_SECONDS)
 
-test: $(VENV)/.installed ## the whole test suite (about 3 minutes)
-	$(PY) -m pytest -q tests
+test: $(VENV)/.installed ## the whole test suite, four tests at a time (about 2 minutes)
+	$(PY) -m pytest -q -n 4 tests
 
-bench: $(VENV)/.installed ## every benchmark, one table (about 10 minutes)
+bench: $(VENV)/.installed ## every benchmark, one table (about 20 minutes)
 	$(PY) bench/run_all.py
 
 # The long run: the daemon against the simulated node, a fault every minute.

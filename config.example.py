@@ -44,11 +44,21 @@ DM_RETRIES = 1
 # Wait after a failed DM before sending it again. Expected: a number from 1 to 3600.
 DM_RETRY_DELAY_S = 30.0
 
+# --- Airtime budget and channel governor -----------------------------------
+# Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox). Expected: a number from 0.1 to 100.
+AIRTIME_BUDGET_PCT = 5.0
+# Channel utilization (as the node reports it) over which broadcasts wait and a channel command gets one text. Expected: a number from 0 to 100.
+CHANNEL_UTIL_POLITE_PCT = 25.0
+# Channel utilization over which the bot sends DM replies only. Expected: a number from 0 to 100.
+CHANNEL_UTIL_MAX_PCT = 40.0
+
 # --- Receiving -------------------------------------------------------------
 # Worker threads running command handlers. Expected: an integer from 1 to 64.
 HANDLER_THREADS = 4
 # Packets waiting for a worker; past it new packets are dropped. Expected: an integer from 10 to 100000.
 INBOUND_QUEUE_MAX = 1000
+# Most nodes kept in the node DB; past it the least recently heard is forgotten (favourites and nodes with a public key last). Expected: an integer from 10 to 100000.
+NODE_DB_MAX = 2000
 
 # --- Commands --------------------------------------------------------------
 # A packet seen again (same sender and id), or an echo of our own broadcast, within this is ignored. Expected: a number from 1 to 86400.
@@ -57,8 +67,8 @@ DEDUP_WINDOW_S = 600.0
 RATE_LIMIT_COUNT = 5
 # The rate limit's window. Expected: a number from 1 to 86400.
 RATE_LIMIT_WINDOW_S = 60.0
-# Node ids allowed to run admin commands (/bc). Expected: a list of node ids like '!a1b2c3d4'.
-# e.g. ADMIN_NODES = ['!a1b2c3d4']
+# Node ids allowed to run admin commands (/bc), each optionally pinned to its public key. Expected: a list of node ids like '!a1b2c3d4', each optionally followed by its public key: '!a1b2c3d4 <base64 key>'.
+# e.g. ADMIN_NODES = ['!a1b2c3d4', '!0badc0de pU7XmYQw8b0eEtL2hGJ0mVqk6Zc4y9sX1rN5tA3vQ3c=']
 ADMIN_NODES = ()
 # Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel). Expected: True or False.
 REQUIRE_PKI_FOR_ADMIN = True
@@ -98,3 +108,8 @@ STATE_DIR = ''
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
 LOG_LEVEL = 'INFO'
+
+# --- Monitoring ------------------------------------------------------------
+# Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them). Expected: '' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'.
+# e.g. METRICS_LISTEN = '127.0.0.1:9464'
+METRICS_LISTEN = ''

@@ -44,11 +44,12 @@ from meshbot.sim.node import SimulatedNode, SimUser
 
 FAULTS = ("FIN", "RST", "reboot 10 s", "silent 60 s", "hang 30 s", "rate limit")
 _JITTER_S = 0.3
+_BUDGET_PCT = 20.0
 _QUIET_BEFORE_FAULT_S = 1.0
 _QUIET_AFTER_FAULT_S = 0.5
 _DRAIN_S = 120.0  # after the last minute: time for replies still queued
 # The last user is out of reach: DMs to it fail (NAK), are sent once more, then given up.
-USERS = tuple(SimUser(0x50AC0000 + i, f"SK{i:02d}", f"Soak user {i}", reachable=i != 11) for i in range(12))
+USERS = tuple(SimUser(0x50AC0000 + i, f"SK{i:02d}", f"Soak user {i}", reachable=i != 9) for i in range(12))
 
 _LOST = re.compile(r"link to \S+ lost after")
 _UP = re.compile(r"link up after")
@@ -56,6 +57,7 @@ _REJECTED = re.compile(r"(rate limited by the node|not taken by the node).*; sen
 _DM_RETRIED = re.compile(r"not delivered \(\w+\); sending it again")
 _DM_GIVEN_UP = re.compile(r"gave up text to")
 _DM_STATUS = re.compile(r"DMs 24h: (\d+) delivered, (\d+) failed")
+_AIR_STATUS = re.compile(r"air (\d+)s/1h \((\d+)% of budget\)")
 _EXPIRED = re.compile(r"not sent within OUTBOX_TTL_S")
 
 
@@ -105,14 +107,15 @@ class Soak:
         self.node = SimulatedNode(users=USERS, link_jitter_s=_JITTER_S)
         self.tally = Tally()
         self.faults: list[FaultRecord] = []
-        self.dm_status: Optional[tuple[int, int]] = None
+        self.status: Optional[str] = None
         self.rss: list[float] = []
         self._next_user = 0
 
     # --- driving ---------------------------------------------------------------------------------
     def run(self) -> list[Row]:
         with self.node:
-            proc = start_bot(self.node.port, LOG_LEVEL="INFO")
+            # 12 users, a command every 5 s: about 14 % of a LONG_FAST hour on the air.
+            proc = start_bot(self.node.port, LOG_LEVEL="INFO", AIRTIME_BUDGET_PCT=_BUDGET_PCT)
             log = BotLog(proc.stderr)
             try:
                 if not self.node.wait_connected(30):
@@ -141,7 +144,7 @@ class Soak:
                     time.sleep(0.05)
                 self.rss.append(rss_mb(proc.pid))
                 wait_for(lambda: self._missing() == 0, _DRAIN_S)
-                self.dm_status = self._ask_status()
+                self.status = self._ask_status()
             finally:
                 stop_bot(proc)
             self._measure_faults(log)
@@ -188,13 +191,12 @@ class Soak:
         self.node.text_rate_limit_s = 2.0
         record.refusals = self.node.counters.rate_limited - before
 
-    def _ask_status(self) -> Optional[tuple[int, int]]:
-        """DMs delivered and failed, as the bot's own /status tells a user."""
+    def _ask_status(self) -> Optional[str]:
+        """The bot's own /status, as a user gets it (DMs delivered and failed, airtime)."""
         asked = self.node.user_text(USERS[0], "/status", dm=True)
         if not wait_for(lambda: any(t.reply_id == asked for t in self.node.texts), 30):
             return None
-        match = _DM_STATUS.search(next(t.text for t in self.node.texts if t.reply_id == asked))
-        return (int(match.group(1)), int(match.group(2))) if match else None
+        return next(t.text for t in self.node.texts if t.reply_id == asked)
 
     # --- measuring ---------------------------------------------------------------------------------
     @property
@@ -251,9 +253,15 @@ class Soak:
                 other_refusals, "", "0", other_refusals == 0),
             Row("soak", "texts refused during the rate-limit faults, recognised and re-sent", log.count(_REJECTED), ""),
         ]
-        if self.dm_status is not None:
-            rows.append(Row("soak", "DMs delivered (ACK from the destination), from /status", self.dm_status[0], ""))
-            rows.append(Row("soak", "DMs failed (NAK, after the retry), from /status", self.dm_status[1], ""))
+        dms = _DM_STATUS.search(self.status or "")
+        if dms:
+            rows.append(Row("soak", "DMs delivered (ACK from the destination), from /status", int(dms.group(1)), ""))
+            rows.append(Row("soak", "DMs failed (NAK, after the retry), from /status", int(dms.group(2)), ""))
+        air = _AIR_STATUS.search(self.status or "")
+        if air:
+            rows.append(Row("soak", f"bot airtime in the last hour, from /status (budget {_BUDGET_PCT:g} %)",
+                            int(air.group(1)), "s"))
+            rows.append(Row("soak", "  as % of the budget", int(air.group(2)), "%", "<= 100", int(air.group(2)) <= 100))
         rows.append(Row("soak", "DMs sent again after a NAK", log.count(_DM_RETRIED), ""))
         rows.append(Row("soak", "DMs given up", log.count(_DM_GIVEN_UP), ""))
         for kind in FAULTS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from meshbot.outbox.policy import TextKind
 from meshbot.router import BROADCAST_NUM, CommandContext, command
 from meshbot.text import counted
 
@@ -16,5 +17,8 @@ def broadcast(ctx: CommandContext) -> Optional[str]:
     if not ctx.args:
         return "usage: /bc <text>"
     channel = ctx.services.settings.BROADCAST_CHANNEL
-    texts = ctx.services.sender.send(ctx.args, to=BROADCAST_NUM, channel=channel)
+    # A broadcast, not a reply: it waits while the channel is busy (CHANNEL_UTIL_POLITE_PCT).
+    texts = ctx.services.sender.send(
+        ctx.args, to=BROADCAST_NUM, channel=channel, requester=ctx.message.sender, kind=TextKind.BROADCAST
+    )
     return f"broadcast queued on ch{channel} ({counted(texts, 'text')})"

@@ -23,5 +23,6 @@ def echo(ctx: CommandContext) -> Optional[str]:
         to=BROADCAST_NUM,
         channel=channel,
         reply_to=None if ctx.is_dm else ctx.message.id,
+        requester=ctx.message.sender,  # an answer to a command: its priority and text cap
     )
     return None

@@ -9,22 +9,56 @@ from meshbot.router import CommandContext, command, display_name
 from meshbot.text import counted, format_age, utf8_len
 
 
-@command("status", help="/status: uptime, link, texts sent/queued/dropped, commands served")
+@command("status", help="/status: uptime, link, texts sent/queued/dropped, commands, airtime, channel use")
 def status(ctx: CommandContext) -> Optional[str]:
     services = ctx.services
     link = services.link.status
     out = services.sender.stats()
     uptime = format_age(time.monotonic() - services.stats.started_at)
-    dms = out.dms
-    return (
-        f"up {uptime}, link {link.state.value} ({counted(link.reconnects, 'reconnect')}), texts sent {out.sent}, queued {out.queued}, "
-        f"dropped {out.dropped}, commands {services.stats.commands}, DMs 24h: {dms.delivered} delivered, {dms.failed} failed"
-    )
+    spent, budget = services.sender.airtime_used()
+    reading = services.sender.governor.reading()
+    channel = f"ch util {reading.channel_utilization:.0f}%" if reading else "ch util ?"
+    if reading and reading.air_util_tx:
+        channel += f" (tx {reading.air_util_tx:.1f}%)"
+    # Most important first: parts that would not fit in one text are left out.
+    parts = [
+        f"up {uptime}",
+        f"link {link.state.value} ({counted(link.reconnects, 'reconnect')})",
+        f"air {spent:.0f}s/1h ({100 * spent / budget:.0f}% of budget)",
+        channel,
+        f"texts sent {out.sent}, queued {out.queued}, dropped {out.dropped}",
+        f"commands {services.stats.commands}",
+        f"DMs 24h: {out.dms.delivered} delivered, {out.dms.failed} failed",
+    ]
+    return join_within(parts, ", ", ctx.services.settings.MAX_TEXT_BYTES)
 
 
-def _heard(node: dict[str, Any], now: float) -> str:
-    parts = [display_name(node, node["num"])]
-    parts.append(format_age(now - node["lastHeard"]))
+def join_within(parts: list[str], separator: str, max_bytes: int) -> str:
+    """The parts, in order, that fit together in one text of max_bytes (the first always)."""
+    text = parts[0]
+    for part in parts[1:]:
+        candidate = text + separator + part
+        if utf8_len(candidate) <= max_bytes:
+            text = candidate
+    return text
+
+
+def heard_ages(nodes: dict[int, dict[str, Any]], heard: dict[int, float], mono_now: float, wall_now: float) -> dict[int, float]:
+    """Seconds since each node was last heard: the bot's own record first (its monotonic
+    clock, any packet), then the node DB's `lastHeard`. A node without a clock stamps
+    packets rx_time 0 and never sets `lastHeard`, so the bot's record is often the only one.
+    Nodes heard by neither are left out."""
+    ages = {num: max(0.0, mono_now - at) for num, at in heard.items()}
+    for num, node in nodes.items():
+        last = node.get("lastHeard")
+        if num not in ages and isinstance(last, (int, float)) and last > 0:
+            ages[num] = max(0.0, wall_now - last)
+    return ages
+
+
+def _heard(num: int, node: Optional[dict[str, Any]], age_s: float) -> str:
+    parts = [display_name(node, num), format_age(age_s)]
+    node = node or {}
     hops = node.get("hopsAway")
     if hops:
         parts.append(f"{hops}hop")
@@ -33,9 +67,9 @@ def _heard(node: dict[str, Any], now: float) -> str:
     return " ".join(parts)
 
 
-def node_pages(nodes: list[dict[str, Any]], budget: int, now: float) -> list[list[str]]:
-    """Entries packed into pages that each fit one text with their header."""
-    entries = [_heard(n, now) for n in sorted(nodes, key=lambda n: n["lastHeard"], reverse=True)]
+def node_pages(nodes: dict[int, dict[str, Any]], ages: dict[int, float], budget: int) -> list[list[str]]:
+    """Entries, most recently heard first, packed into pages that each fit one text with their header."""
+    entries = [_heard(num, nodes.get(num), age) for num, age in sorted(ages.items(), key=lambda item: item[1])]
     header_room = len("nodes 99/99: ")
     pages: list[list[str]] = [[]]
     for entry in entries:
@@ -54,12 +88,13 @@ def nodes(ctx: CommandContext) -> Optional[str]:
     if not (page_arg.isascii() and page_arg.isdigit()) or int(page_arg) < 1:
         return "usage: /nodes [page], e.g. /nodes 2"
     iface = ctx.services.sender.get_interface()
-    own = ctx.services.link.status.node_num
-    known = list((getattr(iface, "nodesByNum", None) or {}).values())
-    heard = [n for n in known if n.get("num") != own and n.get("lastHeard")]
-    if not heard:
+    link = ctx.services.link
+    known = dict(getattr(iface, "nodesByNum", None) or {})  # a copy: the reader thread edits it
+    ages = heard_ages(known, link.heard.snapshot(), link.heard.now(), time.time())
+    ages.pop(link.status.node_num, None)  # type: ignore[arg-type]
+    if not ages:
         return "no nodes heard yet"
-    pages = node_pages(heard, ctx.services.settings.MAX_TEXT_BYTES, time.time())
+    pages = node_pages(known, ages, ctx.services.settings.MAX_TEXT_BYTES)
     page = int(page_arg)
     if page > len(pages):
         return f"only {counted(len(pages), 'page')} of nodes"

@@ -18,6 +18,7 @@ from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher
 from meshbot.health import stall_limit_s
 from meshbot.link.owner import InterfaceFactory, LinkState, NodeLink
+from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
@@ -50,9 +51,9 @@ class Bot:
         self.state = StateStore(resolve_state_dir(settings.STATE_DIR), settings.DEDUP_WINDOW_S)
         self.stats = BotStats(state=self.state)
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
-        self.link = NodeLink(settings, self.dispatcher.submit, interface_factory=interface_factory)
+        self.link = NodeLink(settings, self._on_packet, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
-        self.sender = MessageSender(settings, self.link, own_broadcasts, self.state)
+        self.sender = MessageSender(settings, self.link, own_broadcasts, state=self.state)
         self.weather = WeatherClient(settings)
         self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather, self.state)
         self.router = Router(self.services, own_broadcasts)
@@ -65,9 +66,19 @@ class Bot:
             settings.SCHEDULED_BROADCASTS, self.router, self.sender, zone=zone, zone_name=zone_name
         )
         self.stall_limit_s = stall_limit_s(settings)
+        # Read at each scrape; nothing is collected while nobody asks.
+        self.metrics: Optional[MetricsServer] = (
+            MetricsServer(settings.METRICS_LISTEN, metrics_registry(self)) if settings.METRICS_LISTEN else None
+        )
         for entry in settings.SCHEDULED_BROADCASTS:
             if entry.command and self.router.lookup_text(entry.command)[0] is None:
                 raise ConfigError(f"SCHEDULED_BROADCASTS: {entry.describe()}: no such command")
+
+    def _on_packet(self, packet: dict) -> None:
+        """On the library's publishing thread: the governor reads the node's own telemetry
+        here (cheap, and never lost to a full inbound queue), the rest goes to the workers."""
+        self.sender.governor.observe(packet)
+        self.dispatcher.submit(packet)
 
     def _route(self, packet: dict) -> Any:
         return self.router.handle(packet)
@@ -86,6 +97,8 @@ class Bot:
         self.sender.start()  # takes back the texts the last run left
         self.link.start()
         self.scheduler.start()
+        if self.metrics is not None:
+            self.metrics.start()  # a port in use is a WARNING: the bot runs on without metrics
 
     def health_problem(self) -> Optional[str]:
         """Why the daemon is not working, if one of its own loops died or hangs (a bug)."""
@@ -123,6 +136,8 @@ class Bot:
         """Stop taking commands, flush the outbox until the deadline, close the link."""
         started = time.monotonic()
         deadline = started + budget_s
+        if self.metrics is not None:
+            self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
         # Leave the link a second to say goodbye to the node after the flush.

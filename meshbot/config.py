@@ -11,6 +11,8 @@ does not restart-loop on a typo.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import ipaddress
@@ -73,16 +75,59 @@ _NODE_ID_RE = re.compile(r"^![0-9a-f]{8}$")
 _HHMM_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
 
-def parse_node_ids(value: Any) -> tuple[int, ...]:
-    """ADMIN_NODES: a list of node ids like '!a1b2c3d4' -> node numbers."""
+# Curve25519 public keys, as the apps and `meshtastic --info` show them: base64 of 32 bytes.
+PUBLIC_KEY_BYTES = 32
+ADMIN_NODES_FORM = "a list of node ids like '!a1b2c3d4', each optionally followed by its public key: '!a1b2c3d4 <base64 key>'"
+
+
+@dataclass(frozen=True)
+class AdminNode:
+    """One ADMIN_NODES entry: a node number and, if pinned, the public key it must use."""
+
+    num: int
+    public_key: Optional[bytes] = None  # None: not pinned
+
+    @property
+    def node_id(self) -> str:
+        return f"!{self.num:08x}"
+
+
+def parse_public_key(text: str) -> bytes:
+    """A base64 Curve25519 public key (32 bytes, 44 characters with its '=') -> bytes.
+
+    `meshtastic --get security` prints keys as 'base64:...': that prefix is accepted too.
+    """
+    if text.startswith("base64:"):
+        text = text[len("base64:") :]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{text!r} is not base64 (a public key looks like 'pU7Xm...Q3c=', 44 characters)") from None
+    if len(key) != PUBLIC_KEY_BYTES:
+        raise ValueError(f"{text!r} is {len(key)} bytes of base64; a public key is {PUBLIC_KEY_BYTES} bytes (44 characters)")
+    return key
+
+
+def parse_admin_nodes(value: Any) -> tuple[AdminNode, ...]:
+    """ADMIN_NODES: ['!a1b2c3d4', '!0badc0de <base64 public key>'] -> AdminNode entries."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of node ids like '!a1b2c3d4', got {value!r}")
-    nums = []
+        raise ValueError(f"expected {ADMIN_NODES_FORM}, got {value!r}")
+    admins: dict[int, AdminNode] = {}
     for item in value:
-        if not isinstance(item, str) or not _NODE_ID_RE.match(item.lower()):
+        if not isinstance(item, str):
             raise ValueError(f"{item!r} is not a node id: expected '!' and 8 hex digits, like '!a1b2c3d4'")
-        nums.append(int(item[1:], 16))
-    return tuple(nums)
+        words = item.split()
+        if not words or not _NODE_ID_RE.match(words[0].lower()) or len(words) > 2:
+            raise ValueError(
+                f"{item!r} is not a node id: expected '!' and 8 hex digits, like '!a1b2c3d4',"
+                " optionally followed by one space and the node's base64 public key"
+            )
+        num = int(words[0][1:], 16)
+        key = parse_public_key(words[1]) if len(words) == 2 else None
+        if num in admins:
+            raise ValueError(f"{words[0]} is listed twice")
+        admins[num] = AdminNode(num, key)
+    return tuple(admins.values())
 
 
 @dataclass(frozen=True)
@@ -215,6 +260,42 @@ def parse_state_dir(value: Any) -> str:
         value = str(value)
     if not isinstance(value, str) or value != value.strip():
         raise ValueError(f"expected a directory path, '' or ':memory:', got {value!r}")
+    return value
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_IPV6_HOST_RE = re.compile(r"^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$")
+METRICS_LISTEN_FORM = "'' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'"
+
+
+def split_host_port(value: str, form: str) -> tuple[str, int]:
+    """'host:port' (an IPv6 address in brackets) -> (host, port); ValueError naming `form`.
+
+    Port 0 (any free port) is accepted: tests listen there and read the port they got.
+    """
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    # A hostname or IPv4 address; an IPv6 address only in brackets, or '::1:9464' would be
+    # ambiguous. No scheme, path or user: this is where to listen, not a URL.
+    host_re = _IPV6_HOST_RE if bracketed else _HOST_RE
+    if not sep or not host_re.match(host) or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected {form}, got {value!r}")
+    return host, int(port)
+
+
+def parse_metrics_listen(value: Any) -> str:
+    """METRICS_LISTEN: '' or an address to serve Prometheus metrics on.
+
+    The host is never implied: '0.0.0.0' (every interface) must be written out, since the
+    counters tell anyone who can reach the port how busy the bot is.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected {METRICS_LISTEN_FORM}, got {value!r}")
+    value = value.strip()
+    if value:
+        split_host_port(value, METRICS_LISTEN_FORM)
     return value
 
 
@@ -402,10 +483,35 @@ class Settings:
     DM_RETRY_DELAY_S: float = _key(
         30.0, float, "Wait after a failed DM before sending it again.", low=1, high=3600
     )
+    # --- airtime ---------------------------------------------------------------------
+    AIRTIME_BUDGET_PCT: float = _key(
+        5.0,
+        float,
+        "Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox).",
+        low=0.1,
+        high=100,
+    )
+    CHANNEL_UTIL_POLITE_PCT: float = _key(
+        25.0,
+        float,
+        "Channel utilization (as the node reports it) over which broadcasts wait and a channel command gets one text.",
+        low=0,
+        high=100,
+    )
+    CHANNEL_UTIL_MAX_PCT: float = _key(
+        40.0, float, "Channel utilization over which the bot sends DM replies only.", low=0, high=100
+    )
     # --- receiving -------------------------------------------------------------------
     HANDLER_THREADS: int = _key(4, int, "Worker threads running command handlers.", low=1, high=64)
     INBOUND_QUEUE_MAX: int = _key(
         1000, int, "Packets waiting for a worker; past it new packets are dropped.", low=10, high=100000
+    )
+    NODE_DB_MAX: int = _key(
+        2000,
+        int,
+        "Most nodes kept in the node DB; past it the least recently heard is forgotten (favourites and nodes with a public key last).",
+        low=10,
+        high=100000,
     )
     # --- commands --------------------------------------------------------------------
     DEDUP_WINDOW_S: float = _key(
@@ -418,10 +524,10 @@ class Settings:
     ADMIN_NODES: tuple = _key(
         (),
         tuple,
-        "Node ids allowed to run admin commands (/bc).",
-        parse=parse_node_ids,
-        form="a list of node ids like '!a1b2c3d4'",
-        example="ADMIN_NODES = ['!a1b2c3d4']",
+        "Node ids allowed to run admin commands (/bc), each optionally pinned to its public key.",
+        parse=parse_admin_nodes,
+        form=ADMIN_NODES_FORM,
+        example="ADMIN_NODES = ['!a1b2c3d4', '!0badc0de pU7XmYQw8b0eEtL2hGJ0mVqk6Zc4y9sX1rN5tA3vQ3c=']",
     )
     REQUIRE_PKI_FOR_ADMIN: bool = _key(
         True, bool, "Admin commands count only in PKI-encrypted DMs (a node id is forged easily on a public channel)."
@@ -503,6 +609,15 @@ class Settings:
     )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
+    # --- monitoring ------------------------------------------------------------------
+    METRICS_LISTEN: str = _key(
+        "",
+        str,
+        "Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them).",
+        parse=parse_metrics_listen,
+        form=METRICS_LISTEN_FORM,
+        example="METRICS_LISTEN = '127.0.0.1:9464'",
+    )
 
     @classmethod
     def specs(cls) -> dict[str, KeySpec]:
@@ -596,6 +711,11 @@ def _check_together(s: Settings, *, demo: bool) -> None:
             f"LINK_TIMEOUT_S = {s.LINK_TIMEOUT_S:g}: expected a number > PROBE_INTERVAL_S ({s.PROBE_INTERVAL_S:g}),"
             " or a healthy link would be declared dead between two probes"
         )
+    if s.CHANNEL_UTIL_MAX_PCT < s.CHANNEL_UTIL_POLITE_PCT:
+        raise ConfigError(
+            f"CHANNEL_UTIL_MAX_PCT = {s.CHANNEL_UTIL_MAX_PCT:g}: expected a number >= CHANNEL_UTIL_POLITE_PCT"
+            f" ({s.CHANNEL_UTIL_POLITE_PCT:g})"
+        )
     if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S:
         log.info(
             "MIN_TEXT_INTERVAL_S = %g is under the firmware's 2 s text limit: it applies to firmware older than "
@@ -641,11 +761,13 @@ def load_settings(path: Optional[Path], *, demo: bool = False, overrides: Option
 _SECTIONS = {
     "CONNECTION": "The node link",
     "MIN_TEXT_INTERVAL_S": "Sending",
+    "AIRTIME_BUDGET_PCT": "Airtime budget and channel governor",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
     "WEATHER_API_URL": "Weather",
     "STATE_DIR": "State",
     "LOG_LEVEL": "Logging",
+    "METRICS_LISTEN": "Monitoring",
 }
 
 

@@ -17,8 +17,9 @@ from typing import Any, Optional
 from meshtastic.protobuf import channel_pb2
 
 from meshbot.config import Settings
+from meshbot.link.airtime import radio_params
+from meshbot.link.interface import QueueReport
 from meshbot.link.owner import LinkStatus, NodeLink, describe_error
-from meshbot.outbox.airtime import radio_params
 
 # Heartbeats timed; the median is reported, so that a queueStatus the node sends on its
 # own right after the handshake cannot pass for a fast answer.
@@ -64,11 +65,11 @@ class _HeartbeatAnswers:
     def link_changed(self, status: LinkStatus) -> None:
         pass
 
-    def queue_status(self, packet_id: int, res: int) -> None:
-        if packet_id == 0:
+    def queue_status(self, report: QueueReport) -> None:
+        if report.packet_id == 0:
             self.answered.set()
 
-    def routing_error(self, request_id: int, reason: int) -> None:
+    def routing(self, request_id: int, reason: int, sender: int) -> None:
         pass
 
 

@@ -9,6 +9,7 @@ channel is answered on that channel, threaded to the command with `reply_id`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 import threading
@@ -23,6 +24,7 @@ from meshtastic.protobuf import portnums_pb2
 
 from meshbot.config import Settings
 from meshbot.dedup import RecentKeys
+from meshbot.outbox.policy import TextKind
 from meshbot.ratelimit import Decision, RateLimiter
 from meshbot.text import quote_command
 
@@ -109,6 +111,9 @@ class InboundText:
     hop_limit: int
     via_mqtt: bool
     pki_encrypted: bool
+    # The sender's key as the node's DB holds it, copied in by the firmware after a PKI
+    # decrypt (trust on first use); empty for other packets.
+    public_key: bytes = b""
 
     @classmethod
     def from_packet(cls, packet: dict) -> Optional["InboundText"]:
@@ -128,6 +133,7 @@ class InboundText:
             hop_limit=raw.hop_limit,
             via_mqtt=raw.via_mqtt,
             pki_encrypted=raw.pki_encrypted,
+            public_key=raw.public_key,
         )
 
 
@@ -178,20 +184,76 @@ def node_short_name(iface: Any, num: int) -> str:
     return display_name(nodes.get(num), num)
 
 
+# Handler latency buckets, in seconds: /ping answers in well under a millisecond, /weather
+# waits on the network up to WEATHER_TIMEOUT_S (8 s, 60 s at most).
+LATENCY_BUCKETS_S = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The one label a name that is no registered command counts under, so that what users
+# type cannot grow the metrics without bound.
+UNKNOWN_COMMAND = "unknown"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One command's handler run times: counts per bucket of LATENCY_BUCKETS_S (not
+    cumulative), the runs slower than the last bucket, and the sum of all run times."""
+
+    buckets: tuple[int, ...]
+    over: int
+    sum_s: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets) + self.over
+
+
 @dataclass
 class BotStats:
-    """Counters /status reports."""
+    """Counters /status reports and the metrics endpoint reads (scraped, never pushed)."""
 
     started_at: float = field(default_factory=time.monotonic)
     commands: int = 0
+    replies: int = 0
+    _by_command: dict[str, int] = field(default_factory=dict, repr=False)
+    _errors: dict[str, int] = field(default_factory=dict, repr=False)
+    _latency: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict, repr=False)
     state: Optional["StateStore"] = None  # where the count is kept across restarts
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count_command(self) -> None:
+    def count_command(self, name: str) -> None:
+        """A command received: `name` is its registered name, or UNKNOWN_COMMAND."""
         with self._lock:
             self.commands += 1
+            self._by_command[name] = self._by_command.get(name, 0) + 1
         if self.state is not None:
             self.state.count("commands")
+
+    def count_reply(self) -> None:
+        with self._lock:
+            self.replies += 1
+
+    def record_run(self, name: str, seconds: float, failed: bool) -> None:
+        """One handler run: its time, and whether it raised."""
+        index = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
+        with self._lock:
+            counts, total = self._latency.setdefault(name, ([0] * (len(LATENCY_BUCKETS_S) + 1), [0.0]))
+            counts[index] += 1
+            total[0] += seconds
+            if failed:
+                self._errors[name] = self._errors.get(name, 0) + 1
+
+    def by_command(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_command)
+
+    def errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._errors)
+
+    def latency(self) -> dict[str, Latency]:
+        with self._lock:
+            return {
+                name: Latency(tuple(counts[:-1]), counts[-1], total[0]) for name, (counts, total) in self._latency.items()
+            }
 
 
 @dataclass
@@ -262,7 +324,7 @@ class Router:
         self._seen = RecentKeys(settings.DEDUP_WINDOW_S)
         self._own_broadcasts = own_broadcasts
         self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
-        self._admins = frozenset(settings.ADMIN_NODES)
+        self._admins = {admin.num: admin for admin in settings.ADMIN_NODES}
 
     def restore_answered(self) -> int:
         """At start-up: the commands the last run answered within DEDUP_WINDOW_S count as
@@ -298,10 +360,15 @@ class Router:
         if message.text in self._own_broadcasts:
             log.info("ignored our own broadcast echoed back by !%08x", message.sender)
             return
-        is_admin = self._authenticated_admin(message, is_dm)
+        if not is_dm and services.sender.governor.dm_only():
+            # The channel is over CHANNEL_UTIL_MAX_PCT: the bot adds nothing to it.
+            services.sender.governor.not_answered(f"/{name}", message.sender, message.channel)
+            return
+        refusal = self._admin_refusal(message, is_dm)
+        is_admin = refusal is None
         # Every command counts for /status, the unknown, refused and rate-limited ones too:
         # they are what the mesh asked of the bot.
-        services.stats.count_command()
+        services.stats.count_command(cmd.name if cmd else UNKNOWN_COMMAND)
         verdict = self._limiter.check(
             message.sender, services.settings.RATE_LIMIT_COUNT * (self.ADMIN_BUDGET_FACTOR if is_admin else 1)
         )
@@ -316,14 +383,8 @@ class Router:
             self._reply(message, is_dm, f"unknown command /{shown}: send /help", f"/{shown} (unknown)")
             return
         if cmd.admin and not is_admin:
-            if message.sender in self._admins:
-                # An admin's id without the authentication: a misconfigured app, or a forgery.
-                level = logging.WARNING
-                need = "a PKI-encrypted DM" if services.settings.REQUIRE_PKI_FOR_ADMIN else "a DM"
-                reason = f"admin commands need {need}"
-            else:
-                level, reason = logging.INFO, "not an admin node"
-            self._reply(message, is_dm, "not authorized", f"/{name} refused ({reason})", level)
+            # The same answer whatever the reason: a forger learns nothing from it.
+            self._reply(message, is_dm, "not authorized", f"/{name} refused ({refusal})")
             return
         if not cmd.on_channel and not is_dm:
             self._reply(message, is_dm, f"by DM only: /{cmd.name}", f"/{name} (DM only)")
@@ -368,12 +429,31 @@ class Router:
             services=services,
         )
         reply = self._run(ctx)
-        return services.sender.send(reply, channel=channel) if reply else 0
+        return services.sender.send(reply, channel=channel, kind=TextKind.SCHEDULED) if reply else 0
 
-    def _authenticated_admin(self, message: InboundText, is_dm: bool) -> bool:
-        if message.sender not in self._admins or not is_dm:
-            return False  # on a channel, anyone with the key can claim any node id
-        return message.pki_encrypted or not self._services.settings.REQUIRE_PKI_FOR_ADMIN
+    def _admin_refusal(self, message: InboundText, is_dm: bool) -> Optional[str]:
+        """None if the sender is an authenticated admin, else why not (for the log line).
+
+        A node id is forged easily; what the firmware vouches for is the PKI decrypt
+        (`pki_encrypted`) and the key it used (`public_key`, from its node DB). A packet
+        that came through MQTT was not decrypted by this node's radio path alone: an MQTT
+        downlink with encryption off may carry a forged flag, so it never counts.
+        """
+        admin = self._admins.get(message.sender)
+        if admin is None:
+            return "not an admin node"
+        if not is_dm:
+            return "admin commands need a DM"  # on a channel, anyone with the key can claim any id
+        if message.via_mqtt:
+            return "arrived via MQTT"
+        if self._services.settings.REQUIRE_PKI_FOR_ADMIN and not message.pki_encrypted:
+            return "admin commands need a PKI-encrypted DM"
+        if admin.public_key is not None:
+            if not message.public_key:
+                return "no public key in the packet, and ADMIN_NODES pins one"
+            if message.public_key != admin.public_key:
+                return "public key differs from the one ADMIN_NODES pins"
+        return None
 
     def _reply(
         self,
@@ -394,10 +474,12 @@ class Router:
         # Kept with the reply's texts (one transaction), so a replay after a restart is ignored.
         answered = (message.sender, message.id) if message.id else None
         if reply:
+            self._services.stats.count_reply()
             reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
             texts += self._services.sender.send(
-                reply, to=to, channel=message.channel, reply_to=message.id, answers=answered
+                reply, to=to, channel=message.channel, reply_to=message.id, requester=message.sender,
+                kind=TextKind.REPLY, answers=answered,
             )
         elif answered is not None and self._services.state is not None:
             self._services.state.answered(answered)
@@ -409,8 +491,12 @@ class Router:
 
     @staticmethod
     def _run(ctx: CommandContext) -> Optional[str]:
+        started, failed = time.perf_counter(), False
         try:
             return ctx.command.func(ctx)
         except Exception:
+            failed = True
             log.exception("handler /%s failed on %r", ctx.command.name, ctx.message.text[:80])
             return f"sorry, /{ctx.command.name} failed"
+        finally:
+            ctx.services.stats.record_run(ctx.command.name, time.perf_counter() - started, failed)

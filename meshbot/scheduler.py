@@ -33,8 +33,11 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import tzlocal
 
+from meshtastic import BROADCAST_NUM
+
 from meshbot.config import ScheduledBroadcast
 from meshbot.health import LoopProgress
+from meshbot.outbox.policy import TextKind
 
 if TYPE_CHECKING:
     from meshbot.router import Router
@@ -220,12 +223,22 @@ class Scheduler:
         return mono - mono_now
 
     def _fire(self, index: int, entry: ScheduledBroadcast) -> None:
+        governor = self._sender.governor
+        if not governor.allows(BROADCAST_NUM, TextKind.SCHEDULED):
+            # Checked before running the command: a skipped /weather costs no HTTP call either.
+            reading = governor.reading()
+            util = f"{reading.channel_utilization:.0f} %" if reading else "?"
+            log.info(
+                "scheduled broadcast #%d skipped: channel utilization %s is over CHANNEL_UTIL_POLITE_PCT (%s)",
+                index, util, entry.describe(),
+            )
+            return
         try:
             if entry.command:
                 texts = self._router.run_scheduled(entry.command, entry.channel)
             else:
                 assert entry.text is not None
-                texts = self._sender.send(entry.text, channel=entry.channel)
+                texts = self._sender.send(entry.text, channel=entry.channel, kind=TextKind.SCHEDULED)
         except Exception:  # a broken handler must not stop the other entries
             log.exception("scheduled broadcast #%d (%s) failed", index, entry.describe())
             return

@@ -125,14 +125,14 @@ def test_a_bad_config_is_still_found_without_the_dependencies(tmp_path):
 
 # --- --probe --------------------------------------------------------------------------------------
 def test_probe_reports_the_node_and_closes_its_one_connection(tmp_path):
-    with SimulatedNode(text_rate_limit_s=None, modem_preset="MEDIUM_FAST") as node:
+    with SimulatedNode(firmware_version="2.6.11", modem_preset="MEDIUM_FAST") as node:
         config = tmp_path / "config.py"
         config.write_text(f"NODE_HOST = '127.0.0.1:{node.port}'\n")
         result = run_main("--config", str(config), "--probe")
         assert result.returncode == 0, result.stderr
         out = lines(result.stdout)
         assert len(out) == 1 and result.stderr == "", (result.stdout, result.stderr)
-        for part in (f"node !{node.node_num:08x} BOT", f"at 127.0.0.1:{node.port}", "firmware 2.7.11.sim", "MEDIUM_FAST", "2 channels", "heartbeat round trip"):
+        for part in (f"node !{node.node_num:08x} BOT", f"at 127.0.0.1:{node.port}", f"firmware {node.firmware_version}", "MEDIUM_FAST", "2 channels", "heartbeat round trip"):
             assert part in out[0], out[0]
         assert node.counters.connections == 1 and node.counters.handshakes == 1
         assert node.counters.heartbeats >= 3  # the handshake's probe and the timed ones
@@ -149,6 +149,23 @@ def test_probe_against_a_closed_port_is_one_line_and_exit_1(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert len(lines(result.stderr)) == 1, result.stderr
     assert f"probe failed: cannot reach the node at 127.0.0.1:{port}: connection refused" in result.stderr
+
+
+def test_probe_of_a_node_that_never_answers_gives_up_after_the_connect_timeout(tmp_path):
+    """The daemon waits on a silent node's one connection; a one-off probe may not."""
+    from tests.test_link import MuteNode
+
+    mute = MuteNode()
+    try:
+        config = tmp_path / "config.py"
+        config.write_text(f"NODE_HOST = '127.0.0.1'\nNODE_PORT = {mute.port}\nCONNECT_TIMEOUT_S = 1.0\n")
+        result = run_main("--config", str(config), "--probe")
+        assert result.returncode == 1 and result.stdout == ""
+        assert len(lines(result.stderr)) == 1, result.stderr
+        assert "no config from the node within 1 s" in result.stderr
+        assert len(mute.accepted) == 1
+    finally:
+        mute.close()
 
 
 def test_the_simulated_node_runs_on_its_own(tmp_path):
@@ -228,7 +245,7 @@ def test_log_lines_count_the_echo_broadcast_and_name_forecast(node, start_bot, c
 
 def test_status_counts_unknown_refused_and_rate_limited_commands(node, start_bot):
     start_bot(node, RATE_LIMIT_COUNT=3)
-    node.user_text(ALICE, "/nosuch")  # unknown
+    node.user_text(ALICE, "/nosuch", dm=True)  # unknown (on a channel it would be another bot's)
     node.user_text(ALICE, "/bc hello")  # refused: not an admin
     node.user_text(BOB, "/ping")  # served
     node.wait_texts(3, 10)

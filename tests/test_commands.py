@@ -248,7 +248,7 @@ def test_ping_reports_hops_and_mqtt(node, start_bot):
 
 def test_nodes_pages_fill_one_text_each(start_bot):
     users = tuple(SimUser(0x3C000000 + i, f"N{i:02d}", hops_away=i % 3) for i in range(40))
-    with SimulatedNode(text_rate_limit_s=None, users=users) as crowd:
+    with SimulatedNode(firmware_version="2.6.11", users=users, has_time=True) as crowd:  # lastHeard from its DB
         start_bot(crowd, MAX_TEXT_BYTES=120)
         first = ask(crowd, users[0].num, "/nodes")[0].text
         pages = int(first.split(":")[0].split("/")[1])

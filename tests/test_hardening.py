@@ -57,7 +57,7 @@ def test_echo_of_a_command_does_not_start_with_a_slash(node, start_bot):
 
 def test_a_short_name_starting_with_a_slash_is_quoted_in_an_echo():
     slash = SimUser(0x1A2B3C09, "/bc", "slash user")
-    with SimulatedNode(text_rate_limit_s=None, users=DEFAULT_USERS + (slash,)) as sim:
+    with SimulatedNode(firmware_version="2.6.11", users=DEFAULT_USERS + (slash,)) as sim:
         bot = Bot(settings_for(sim))
         bot.start()
         try:

@@ -122,7 +122,7 @@ def test_text_written_into_a_half_open_link_is_sent_after_the_reconnect(node, st
 
 
 def test_old_firmware_without_queue_status_stays_up_and_sends(start_bot):
-    with SimulatedNode(text_rate_limit_s=None, old_firmware=True) as old:
+    with SimulatedNode(firmware_version="2.6.11", old_firmware=True) as old:
         bot = start_bot(old)
         time.sleep(3 * 1.2)  # three link timeouts: kept alive by the metadata probe
         assert bot.link.status.reconnects == 0

@@ -92,7 +92,7 @@ def test_readme_key_table_matches_the_settings():
 
 
 def test_sigterm_stops_the_daemon_within_5_s_with_exit_0(tmp_path):
-    with SimulatedNode(text_rate_limit_s=None) as node:
+    with SimulatedNode(firmware_version="2.6.11") as node:
         config = write_config(
             tmp_path,
             f'NODE_HOST = "127.0.0.1"\nNODE_PORT = {node.port}\nMIN_TEXT_INTERVAL_S = 1.0\n',

@@ -117,7 +117,7 @@ def test_pip_install_gives_the_meshbot_command_and_python_m_meshbot(venv, tmp_pa
 def test_an_installed_plugin_adds_its_command(venv, tmp_path):
     """meshbot-hello, a separate distribution, adds /hello through its entry point: listed by
     /help and answered over the simulated node by the installed daemon."""
-    with SimulatedNode(text_rate_limit_s=None) as node:
+    with SimulatedNode(firmware_version="2.6.11") as node:
         config = tmp_path / "config.py"
         config.write_text(f"NODE_HOST = '127.0.0.1'\nNODE_PORT = {node.port}\nMIN_TEXT_INTERVAL_S = 0\nPACE_BY_AIRTIME = False\n")
         proc = subprocess.Popen(

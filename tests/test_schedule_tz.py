@@ -174,12 +174,20 @@ class FakeClock:
         return self.now >= self.end
 
 
+class QuietChannel:
+    """The channel governor of a quiet channel: every broadcast may go."""
+
+    def allows(self, to: int, kind: Any) -> bool:
+        return True
+
+
 class RecordingSender:
     """Stands for the outbox in the loop tests: records what would be sent, and when."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
         self.sent: list[tuple[datetime.datetime, str]] = []
+        self.governor = QuietChannel()
 
     def send(self, text: str, channel: int = 0, **_kwargs: Any) -> int:
         self.sent.append((self.clock.now, text))

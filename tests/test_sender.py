@@ -57,7 +57,7 @@ def test_texts_are_paced_by_min_interval(node, start_bot):
 
 
 def test_texts_are_paced_by_airtime_of_the_nodes_preset(start_bot):
-    with SimulatedNode(text_rate_limit_s=None, modem_preset="MEDIUM_SLOW") as node:
+    with SimulatedNode(firmware_version="2.6.11", modem_preset="MEDIUM_SLOW") as node:
         bot = start_bot(node, PACE_BY_AIRTIME=True, MIN_TEXT_INTERVAL_S=0.0)
         radio = bot.link.status.radio
         assert radio is not None and radio.name == "MEDIUM_SLOW"

@@ -197,7 +197,7 @@ def test_status_shows_the_outage_and_its_cause(node, listener):
 
 def test_the_daemon_under_a_notify_socket_signals_ready_watchdog_and_stopping(tmp_path, any_listener):
     listener = any_listener
-    with SimulatedNode(text_rate_limit_s=None) as node:
+    with SimulatedNode(firmware_version="2.6.11") as node:
         config = tmp_path / "config.py"
         config.write_text(f'NODE_HOST = "{node.host}"\nNODE_PORT = {node.port}\n')
         env = dict(os.environ, NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="1000000")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshbot.outbox.airtime import PRESETS, RadioParams, radio_params
+from meshbot.link.airtime import PRESETS, RadioParams, radio_params
 from meshbot.text import ELLIPSIS, split_text, utf8_len
 
 

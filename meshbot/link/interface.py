@@ -32,8 +32,28 @@ And over a serial port (`SerialInterface`, measured on a pseudo-terminal pair):
   lost (a stuck device would otherwise hold `close()` for the driver's closing_wait, 30 s
   for USB serial adapters), and the reader is woken at once.
 
+And on the receive side, for both (see link/nodedb.py):
+
+* the node DB gains an entry, holding the whole last packet, for every new sender id and
+  never loses one while the link is up (ids are free to invent on a mesh) -> at most
+  `NODE_DB_MAX` nodes, the least recently heard evicted first, and no packet kept;
+* every packet waits for the pubsub listeners in one unbounded process-wide queue ->
+  packets from other nodes are dropped at the reader past `PUBLISH_BACKLOG_MAX`;
+* a node without a clock stamps packets `rx_time = 0` and never records `lastHeard` ->
+  the bot records when it heard each node on its own clock (`HeardClock`).
+
 The interface reports what the link owner and the outbox need through `LinkEvents`,
 called on the library's reader thread: they must only record and return.
+
+Private library methods overridden or relied on (checked against meshtastic 2.7.11; the
+pin is 2.7.x, re-check on upgrade): `_reconnect`, `_disconnected`, `_readBytes`,
+`_handleFromRadio`, `_handleQueueStatusFromRadio`, `_handlePacketFromRadio` (still called,
+wrapped), `_getOrCreateByNum` (wrapped: reports a new entry), `_handleConfigComplete`
+(wrapped: orders and trims the node DB first), `_startHeartbeat`, `_waitConnected`,
+`_sendToRadio`, `_sendToRadioImpl`, `_sendPacket`, `_generatePacketId`, `_queueClaim`,
+`_writeBytes`, `StreamInterface.connect`; the attributes `nodesByNum`, `nodes`,
+`queueStatus`, `isConnected`, `failure`, `_wantExit`; and the library's module-level
+`publishingThread.queue` (read only, for its length).
 """
 
 from __future__ import annotations
@@ -58,6 +78,7 @@ from meshtastic.serial_interface import SerialInterface
 from meshtastic.stream_interface import StreamInterface
 from meshtastic.tcp_interface import TCPInterface
 
+from meshbot.link.nodedb import HeardClock, NodeDbLimiter, PublishBacklog
 from meshbot.logs import RepeatedWarning
 
 log = logging.getLogger(__name__)
@@ -83,6 +104,11 @@ _ROUTING = portnums_pb2.PortNum.ROUTING_APP
 _SIMULATOR = portnums_pb2.PortNum.SIMULATOR_APP
 # The cause of loss for a clean close by the node (EOF): another client, or a restart.
 NODE_CLOSED = "node closed the connection"
+# Packets the library may hold for the pubsub listeners (each a dict with the whole
+# packet, ~3 KB); the bot's own receive queue, behind them, is INBOUND_QUEUE_MAX long.
+PUBLISH_BACKLOG_MAX = 1000
+# The node DB bound when the caller gives no HeardClock (tools, benchmarks).
+DEFAULT_NODE_DB_MAX = 2000
 
 
 class LinkLost(ConnectionError):
@@ -163,14 +189,20 @@ class _HardenedStream:
     answers_queue_status: bool
     _closing: bool
 
-    def _init_hardening(self, events: Optional[LinkEvents], handshake_timeout_s: float) -> None:
+    def _init_hardening(
+        self, events: Optional[LinkEvents], handshake_timeout_s: float, heard: Optional[HeardClock] = None
+    ) -> None:
         self.events = events or LinkEvents()
+        # The bot's last-heard clock outlives this connection; the limiter does not.
+        self.node_db = NodeDbLimiter(heard if heard is not None else HeardClock(DEFAULT_NODE_DB_MAX))
+        self.publish_backlog = PublishBacklog(PUBLISH_BACKLOG_MAX, meshtastic.publishingThread.queue.qsize)
         self.handshake_timeout_s = handshake_timeout_s
         self.last_rx = time.monotonic()
         self.lost_cause = None
         self.answers_queue_status = False
         self._closing = False
-        self.give_up: Callable[[], bool] = lambda: False  # set by the link owner
+        # Set by the link owner: why to stop waiting for the handshake now, or None.
+        self.give_up: Callable[[], Optional[str]] = lambda: None
         self._lost_lock = threading.Lock()
         self._write_lock = threading.Lock()
         # What the last chunk read from the transport holds beyond what the library took.
@@ -282,7 +314,26 @@ class _HardenedStream:
         elif decoded.portnum == _SIMULATOR:
             # `meshtasticd --sim` echoes every packet it transmits; a real radio never does.
             return
+        sender = getattr(meshPacket, "from")
+        other = bool(sender) and sender != (self.myInfo.my_node_num if self.myInfo is not None else None)
+        if other:
+            self.node_db.heard(self, sender)  # before a handler can see the packet
+            if not self.publish_backlog.admit():
+                return
         super()._handlePacketFromRadio(meshPacket, hack)  # type: ignore[misc]
+        if other:
+            self.node_db.handled(self, sender)
+
+    def _getOrCreateByNum(self, nodeNum: int) -> dict:
+        new = self.nodesByNum is not None and nodeNum not in self.nodesByNum
+        node = super()._getOrCreateByNum(nodeNum)  # type: ignore[misc]
+        if new:
+            self.node_db.created(self, nodeNum)
+        return node
+
+    def _handleConfigComplete(self) -> None:
+        self.node_db.handshake_done(self)  # before the link counts as up
+        super()._handleConfigComplete()  # type: ignore[misc]
 
     # --- send --------------------------------------------------------------------------
     def _startHeartbeat(self) -> None:
@@ -298,15 +349,16 @@ class _HardenedStream:
         (measured on meshtasticd 2.7.13: a command lost in 2 runs of 5). So the one
         connection is kept and waited on; its socket's own timeouts (keepalive,
         TCP_USER_TIMEOUT) end it when the node is really gone, and `give_up()` ends the wait
-        on an intended stop. After `handshake_timeout_s`, `events.slow_handshake` is called
+        on an intended stop (or a one-off probe's deadline). After `handshake_timeout_s`, `events.slow_handshake` is called
         once, for the log line and the watchdog (the loop is waiting, not working).
         """
         slow_at = time.monotonic() + self.handshake_timeout_s
         while not self.isConnected.wait(0.05):
             if not self.alive:
                 raise LinkLost(self.lost_cause or "closed")
-            if self.give_up():
-                raise LinkLost("stopped")
+            reason = self.give_up()
+            if reason:
+                raise LinkLost(reason)
             if time.monotonic() >= slow_at:
                 slow_at = float("inf")
                 self.events.slow_handshake(self.handshake_timeout_s)
@@ -378,10 +430,11 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
         events: Optional[LinkEvents] = None,
         connect_timeout_s: float = 10.0,
         link_timeout_s: float = 45.0,
+        heard: Optional[HeardClock] = None,
         connectNow: bool = True,
         noNodes: bool = False,
     ) -> None:
-        self._init_hardening(events, handshake_timeout_s=connect_timeout_s)
+        self._init_hardening(events, handshake_timeout_s=connect_timeout_s, heard=heard)
         self.connect_timeout_s = connect_timeout_s
         self.link_timeout_s = link_timeout_s
         super().__init__(hostname, portNumber=portNumber, connectNow=connectNow, noNodes=noNodes)
@@ -458,10 +511,11 @@ class OptimizedSerialInterface(_HardenedStream, SerialInterface):
         events: Optional[LinkEvents] = None,
         connect_timeout_s: float = 10.0,
         write_timeout_s: float = SERIAL_WRITE_TIMEOUT_S,
+        heard: Optional[HeardClock] = None,
         connectNow: bool = True,
         noNodes: bool = False,
     ) -> None:
-        self._init_hardening(events, handshake_timeout_s=connect_timeout_s)
+        self._init_hardening(events, handshake_timeout_s=connect_timeout_s, heard=heard)
         self.write_timeout_s = write_timeout_s
         self._last_write_at = 0.0
         super().__init__(devPath, connectNow=connectNow, noNodes=noNodes)

@@ -26,9 +26,9 @@ import serial
 from meshtastic.mesh_interface import MeshInterface
 from pubsub import pub
 
-from meshbot.outbox.airtime import RadioParams, radio_params
 from meshbot.config import Settings
 from meshbot.health import LoopProgress
+from meshbot.link.airtime import RadioParams, radio_params
 from meshbot.link.interface import (
     NODE_CLOSED,
     LinkEvents,
@@ -40,6 +40,7 @@ from meshbot.link.interface import (
     TxQueueFull,
     find_serial_port,
 )
+from meshbot.link.nodedb import HeardClock
 from meshbot.text import format_duration
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ class NodeLink:
         # Until the link is up, received packets wait here (see _HELD_PACKETS_MAX).
         self._held: Optional[collections.deque[dict]] = collections.deque(maxlen=_HELD_PACKETS_MAX)
         self.progress = LoopProgress()  # connecting and closing are its steps; watching is waiting
+        # When the bot last heard each node, across connections; it also bounds the node DB.
+        self.heard = HeardClock(settings.NODE_DB_MAX)
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
 
@@ -261,7 +264,15 @@ class NodeLink:
         The daemon's own code path, so the probe fails where the daemon would. Raises what
         a connection attempt raises (`describe_error()` words it); close with `close_once()`.
         """
-        return self._open()
+        deadline = time.monotonic() + self._settings.CONNECT_TIMEOUT_S
+
+        def give_up() -> Optional[str]:
+            # A one-off check may not wait on a silent node the way the daemon does.
+            if time.monotonic() < deadline:
+                return None
+            return f"no config from the node within {self._settings.CONNECT_TIMEOUT_S:g} s"
+
+        return self._open(give_up)
 
     def close_once(self, iface: Any) -> None:
         """Close what `open_once()` opened, completely (the node frees its client slot)."""
@@ -342,8 +353,12 @@ class NodeLink:
         log.warning("link to %s lost after %s up: %s", self.address, format_duration(was_up_s), cause)
         self._sleep(self._delay_after_loss(cause, was_up_s))
 
-    def _open(self) -> Any:
-        """Connect and complete the handshake, or raise; never leaves a socket open on failure."""
+    def _open(self, give_up: Optional[Callable[[], Optional[str]]] = None) -> Any:
+        """Connect and complete the handshake, or raise; never leaves a socket open on failure.
+
+        The handshake is waited on for as long as the connection lives (see
+        `_HardenedStream._waitConnected`), until `give_up()` gives a reason, by default only
+        when the link is stopped."""
         self._wake.clear()
         iface = self._factory(
             LinkEvents(
@@ -355,7 +370,7 @@ class NodeLink:
             )
         )
         iface.link_owner = self
-        iface.give_up = self._stop.is_set
+        iface.give_up = give_up or self._stopping
         try:
             iface.connect()
             # Probe once now: the answer tells whether this firmware reports every packet.
@@ -470,6 +485,9 @@ class NodeLink:
         # LogRecord.Level uses the same numbers as Python's levels; TRACE (5) is DEBUG here.
         log.log(max(logging.DEBUG, level) if level else logging.INFO, "the node says: %s", message)
 
+    def _stopping(self) -> Optional[str]:
+        return "stopped" if self._stop.is_set() else None
+
     def _slow_handshake(self, waited_s: float) -> None:
         log.warning(
             "no config from the node at %s within %g s; waiting on this connection rather than "
@@ -529,6 +547,7 @@ class NodeLink:
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
             link_timeout_s=s.LINK_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 
@@ -543,6 +562,7 @@ class NodeLink:
             device,
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            heard=self.heard,
             connectNow=False,
         )
 

@@ -1,2 +1,2 @@
-"""Everything the bot sends: `sender.MessageSender` and its outbox thread, `airtime` for
-how long a text keeps the channel busy."""
+"""Everything the bot sends: `sender.MessageSender` and its outbox thread, and what decides
+which text goes next (`policy`, `budget`, `governor`) and what became of DMs (`delivery`)."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-from dataclasses import dataclass
-from typing import Generic, Optional, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Mapping, Optional, TypeVar
 
 from meshtastic.protobuf import mesh_pb2
 
@@ -65,6 +65,10 @@ class DeliveryStats:
     unconfirmed: int
     retried: int
     pending: int
+    # Since the start, for counters that only grow (the metrics endpoint): outcomes, and
+    # the DMs sent again.
+    totals: Mapping[Outcome, int] = field(default_factory=dict)
+    retried_total: int = 0
 
 
 @dataclass
@@ -91,13 +95,15 @@ class DeliveryTracker(Generic[Item]):
         self._retry_at: list[tuple[float, int, Item]] = []  # (when, attempt, item), in order
         self._history: collections.deque[tuple[float, Outcome]] = collections.deque(maxlen=_HISTORY_MAX)
         self._retried: collections.deque[float] = collections.deque(maxlen=_HISTORY_MAX)
+        self._totals: collections.Counter[Outcome] = collections.Counter()
+        self._retried_total = 0
 
     def track(self, packet_id: int, item: Item, to: int, label: str, now: float, attempt: int = 1) -> None:
         """The node accepted this DM: wait for the mesh's word on it."""
         self._pending[packet_id] = _Pending(item, to, label, now + self._ack_timeout_s, attempt)
         while len(self._pending) > _PENDING_MAX:
             _, oldest = self._pending.popitem(last=False)
-            self._history.append((now, Outcome.UNCONFIRMED))
+            self._record(now, Outcome.UNCONFIRMED)
             log.debug("no word on %s: too many DMs awaiting their ACK", oldest.label)
 
     def on_routing(self, request_id: int, reason: int, sender: int, now: float) -> Verdict:
@@ -109,7 +115,7 @@ class DeliveryTracker(Generic[Item]):
             if sender != entry.to:
                 return Verdict.HANDLED  # an implicit ACK from a relay: wait for the destination's
             del self._pending[request_id]
-            self._history.append((now, Outcome.DELIVERED))
+            self._record(now, Outcome.DELIVERED)
             log.debug("%s delivered", entry.label)
             return Verdict.HANDLED
         del self._pending[request_id]
@@ -120,15 +126,20 @@ class DeliveryTracker(Generic[Item]):
         if entry.attempt <= self._retries:
             self._retry_at.append((now + self._retry_delay_s, entry.attempt + 1, entry.item))
             self._retried.append(now)
+            self._retried_total += 1
             log.info(
                 "%s not delivered (%s); sending it again in %g s (%d/%d)",
                 entry.label, why, self._retry_delay_s, entry.attempt, self._retries,
             )
         else:
-            self._history.append((now, Outcome.FAILED))
+            self._record(now, Outcome.FAILED)
             tries = f" after {entry.attempt} tries" if entry.attempt > 1 else ""
             log.info("gave up %s%s: %s", entry.label, tries, why)
         return Verdict.HANDLED
+
+    def _record(self, now: float, outcome: Outcome) -> None:
+        self._history.append((now, outcome))
+        self._totals[outcome] += 1
 
     def forget(self, packet_id: int) -> None:
         """The node refused this packet after all: it never went out."""
@@ -141,7 +152,7 @@ class DeliveryTracker(Generic[Item]):
             if entry.deadline > now:
                 break  # entries are in send order, and all have the same timeout
             del self._pending[packet_id]
-            self._history.append((now, Outcome.UNCONFIRMED))
+            self._record(now, Outcome.UNCONFIRMED)
             log.info("no ACK for %s within %g s", entry.label, self._ack_timeout_s)
 
     def due_retries(self, now: float) -> list[tuple[int, Item]]:
@@ -170,4 +181,6 @@ class DeliveryTracker(Generic[Item]):
             unconfirmed=counts[Outcome.UNCONFIRMED],
             retried=sum(1 for at in self._retried if at >= since),
             pending=len(self._pending) + len(self._retry_at),
+            totals={outcome: self._totals[outcome] for outcome in Outcome},
+            retried_total=self._retried_total,
         )

@@ -17,7 +17,11 @@ once. One thread, the outbox's, drains the queue in order, one text at a time:
   hands back the DMs worth another try;
 * texts older than `OUTBOX_TTL_S` and the oldest beyond `OUTBOX_MAX` are dropped, each
   with a WARNING: nothing is lost silently. A flood of them (a burst of commands, a
-  node whose duty cycle is spent) is told in one line a minute per kind, with a count.
+  node whose duty cycle is spent) is told in one line a minute per kind, with a count
+  (texts to strangers: one summary line a minute);
+* which text goes next, and whether it may go now, is the airtime policy's choice
+  (`policy.py`: priorities and fair shares; `budget.py`: at most `AIRTIME_BUDGET_PCT`
+  of any rolling hour on air; `governor.py`: the node's channel utilization).
 
 The firmware's 2 s text limit (2.7.0 and later, measured on 2.7.13) refuses silently: the
 client gets one `queueStatus` with res = 0 and the TX queue's `free` unchanged, and the
@@ -32,12 +36,14 @@ node, whatever the network's delay or jitter in either direction.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import enum
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
@@ -46,12 +52,17 @@ from meshtastic.protobuf import mesh_pb2
 from meshbot.config import FIRMWARE_TEXT_INTERVAL_S, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.health import LoopProgress
+from meshbot.link.airtime import radio_params
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
 from meshbot.logs import RepeatedWarning
+from meshbot.outbox import policy
+from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
+from meshbot.outbox.governor import ChannelGovernor
+from meshbot.outbox.policy import TextKind, is_known_node
 from meshbot.state.store import StateStore, StoredText
-from meshbot.text import split_text, utf8_len
+from meshbot.text import counted, split_text, utf8_len
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,13 @@ _OPERATOR_ERRORS = {
     mesh_pb2.Routing.Error.TOO_LARGE,
     mesh_pb2.Routing.Error.NO_CHANNEL,
 }
+# While texts are held (budget spent, channel busy), look again at least this often: the
+# channel report or the clock may have changed without anyone notifying the outbox.
+_HOLD_RECHECK_S = 1.0
+# The budget counts as back once this share of it is free again: without the margin, a
+# budget kept full by a flood would log "spent" and "back" for every text.
+_BUDGET_BACK_SHARE = 0.1
+_DROP_SUMMARY_S = 60.0
 
 
 def describe_destination(to: int, channel: int) -> str:
@@ -91,6 +109,9 @@ class OutgoingText:
     resends: int = 0
     # Id of a write whose verdict never came (the link died): resent with this same id.
     unconfirmed_id: Optional[int] = None
+    requester: Optional[int] = None  # the node whose command this answers (None: the bot's own)
+    kind: TextKind = TextKind.REPLY
+    stranger: bool = False  # the requester had sent no NodeInfo when the text was queued
     attempt: int = 1  # a DM sent again after its delivery failed: 2
     row: Optional[int] = None  # its row in the state store, while it is stored
 
@@ -103,6 +124,16 @@ class OutgoingText:
         return f"text to {describe_destination(self.to, self.channel)} {preview!r}"
 
 
+class DropReason(enum.Enum):
+    """Why a text was dropped: the metrics endpoint counts each apart."""
+
+    TTL = "ttl"  # not sent within OUTBOX_TTL_S
+    OUTBOX_FULL = "outbox_full"  # the oldest beyond OUTBOX_MAX
+    REFUSED = "refused"  # the node refused it MAX_RESENDS + 1 times
+    SHUTDOWN = "shutdown"  # offered while stopping, or not sent before the stop deadline
+    OVER_BUDGET = "over_budget"  # longer on air than the whole AIRTIME_BUDGET_PCT
+
+
 @dataclass(frozen=True)
 class OutboxStats:
     sent: int
@@ -111,6 +142,23 @@ class OutboxStats:
     resent: int  # refused by the node and sent again
     refused: int  # refusals seen (rate limit, res != 0)
     dms: DeliveryStats
+    dropped_by: Mapping[DropReason, int] = dataclasses.field(default_factory=dict)
+    # Time on air of the texts the node accepted, from the LoRa preset (one transmission
+    # each: the node's own retransmissions of a DM are not seen by the bot).
+    airtime_s: float = 0.0
+
+
+def _dropped_counter(reason: DropReason) -> str:
+    """The state store's counter of the texts dropped for this reason."""
+    return f"dropped_{reason.value}"
+
+
+def _text_kind(value: str) -> TextKind:
+    """A stored kind back to its enum; one this version does not know counts as a reply."""
+    try:
+        return TextKind(value)
+    except ValueError:
+        return TextKind.REPLY
 
 
 def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
@@ -126,6 +174,9 @@ class MessageSender:
         settings: Settings,
         link: NodeLink,
         own_broadcasts: Optional[RecentKeys] = None,
+        *,
+        governor: Optional[ChannelGovernor] = None,
+        budget: Optional[AirtimeBudget] = None,
         state: Optional[StateStore] = None,
     ) -> None:
         self._settings = settings
@@ -133,6 +184,13 @@ class MessageSender:
         # Every queued text is also in the store until the node took it or it was dropped,
         # so that a restart sends what was waiting. A store never opened does nothing.
         self._state = state or StateStore(None)
+        # Both public so that /status can read them and tests can give the budget a clock.
+        self.governor = governor or ChannelGovernor(settings, link)
+        self.budget = budget or AirtimeBudget(settings.AIRTIME_BUDGET_PCT)
+        self._budget_held = False  # "spent" was logged; "back" not yet
+        self._strangers_held = False  # the same for the strangers' share
+        self._stranger_drops = 0
+        self._stranger_drops_logged_at: Optional[float] = None
         # Texts we broadcast, so that an echo of one is not taken for a command.
         self._own_broadcasts = own_broadcasts
         self._cond = threading.Condition()
@@ -154,7 +212,9 @@ class MessageSender:
         self._next_send_at = 0.0
         self._stopping = False
         self._deadline = math.inf
-        self._sent = self._dropped = self._resent = self._refused = 0
+        self._sent = self._resent = self._refused = 0
+        self._dropped: collections.Counter[DropReason] = collections.Counter()
+        self._airtime_s = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
         # Warnings that a flood of commands can make once per text: one line a minute each.
@@ -176,45 +236,70 @@ class MessageSender:
         to: int = BROADCAST_NUM,
         channel: int = 0,
         reply_to: Optional[int] = None,
+        *,
+        requester: Optional[int] = None,
+        kind: TextKind = TextKind.REPLY,
         answers: Optional[tuple[int, int]] = None,
     ) -> int:
-        """Split and queue a reply; return at once with the number of texts queued.
+        """Split and queue a text; return at once with the number of texts queued.
+
+        `requester` is the node whose command this answers (None: the bot's own text),
+        `kind` what it is: both decide its priority and how many texts it may cost.
 
         The texts are in the state store before this returns, in one transaction with
         `answers`, the (sender, packet id) of the command they answer: after a restart
         either both are there (the texts go out, a replay of the command is ignored) or
         neither (the replayed command is answered).
         """
-        chunks = split_text(text, self._settings.MAX_TEXT_BYTES, self._settings.MAX_CHUNKS)
+        known = is_known_node(self._link.interface, requester)
+        limit = policy.max_texts(kind, to, known, self._settings.MAX_CHUNKS, self.governor.channel_one_text())
+        chunks = split_text(text, self._settings.MAX_TEXT_BYTES, limit)
         now = time.monotonic()
         with self._cond:
             if self._stopping:
+                self._dropped[DropReason.SHUTDOWN] += len(chunks)
                 log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
                 return 0
-            new = [OutgoingText(chunk, to, channel, reply_to, now) for chunk in chunks]
+            new = [
+                OutgoingText(chunk, to, channel, reply_to, now, requester=requester, kind=kind, stranger=not known)
+                for chunk in chunks
+            ]
             self._queue.extend(new)
-            dropped = []
+            victims = []
             while len(self._queue) > self._settings.OUTBOX_MAX:
-                oldest = self._queue.popleft()
-                dropped.append(oldest)
-                self._dropped += 1
-                self._full_warning.log(
-                    "outbox full (%d texts): dropped the oldest, %s", self._settings.OUTBOX_MAX, oldest.label()
-                )
-            # The new texts are at the tail: those not dropped already go into the store.
-            kept = new[max(0, len(new) - len(self._queue)):]
+                # The text that would go last: the lowest class's oldest (not a known node's DM).
+                index = policy.evict(self._queue, lambda num: is_known_node(self._link.interface, num))
+                victim = self._queue[index]
+                victims.append(victim)
+                del self._queue[index]
+                self._dropped[DropReason.OUTBOX_FULL] += 1
+                self._report_drop(victim, f"outbox full ({self._settings.OUTBOX_MAX} texts)", now, self._full_warning)
+            # Into the store: the new texts not evicted at once, the evicted ones out of it.
+            gone = {id(victim) for victim in victims}
+            kept = [item for item in new if id(item) not in gone]
             records = [self._stored(item) for item in kept]
-            self._state.enqueue(records, drop_rows=[d.row for d in dropped], answered=answers)
+            self._state.enqueue(
+                records, drop_rows=[v.row for v in victims], drop_counter=_dropped_counter(DropReason.OUTBOX_FULL),
+                answered=answers,
+            )
             for item, record in zip(kept, records):
                 item.row = record.row
             self._cond.notify_all()
         return len(chunks)
 
+    def airtime_used(self) -> tuple[float, float]:
+        """(seconds on air in the last hour, the hour's budget in seconds), for /status."""
+        with self._cond:
+            return self.budget.spent(), self.budget.budget_s
+
     def stats(self) -> OutboxStats:
         with self._cond:
             queued = len(self._queue) + (1 if self._inflight_id is not None else 0)
             dms = self._delivery.stats(time.monotonic())
-            return OutboxStats(self._sent, queued, self._dropped, self._resent, self._refused, dms)
+            return OutboxStats(
+                self._sent, queued, sum(self._dropped.values()), self._resent, self._refused, dms,
+                dropped_by={reason: self._dropped[reason] for reason in DropReason}, airtime_s=self._airtime_s,
+            )
 
     def is_idle(self) -> bool:
         """Nothing queued, in flight, or waiting for a DM retry."""
@@ -235,25 +320,30 @@ class MessageSender:
         now, wall = time.monotonic(), time.time()
         with self._cond:
             self._sent += counters.get("sent", 0)
-            self._dropped += counters.get("dropped", 0)
             self._resent += counters.get("resent", 0)
             self._refused += counters.get("refused", 0)
+            for reason in DropReason:
+                self._dropped[reason] += counters.get(_dropped_counter(reason), 0)
             for stored in pending:
                 # Its age in wall time: the monotonic clock started again with this process.
                 created = now - max(0.0, wall - stored.created)
                 self._queue.append(
                     OutgoingText(
                         stored.text, stored.to, stored.channel, stored.reply_to, created,
-                        unconfirmed_id=stored.packet_id, attempt=stored.attempt, row=stored.row,
+                        unconfirmed_id=stored.packet_id, requester=stored.requester, kind=_text_kind(stored.kind),
+                        stranger=stored.stranger, attempt=stored.attempt, row=stored.row,
                     )
                 )
         if pending:
-            log.info("%s left by the last run, to send", "1 text" if len(pending) == 1 else f"{len(pending)} texts")
+            log.info("%s left by the last run, to send", counted(len(pending), "text"))
 
     def _stored(self, item: OutgoingText) -> StoredText:
         """The store's record of a text: its age as wall time."""
         created = time.time() - (time.monotonic() - item.created)
-        return StoredText(item.text, item.to, item.channel, item.reply_to, created, item.unconfirmed_id, item.attempt)
+        return StoredText(
+            item.text, item.to, item.channel, item.reply_to, created, item.unconfirmed_id, item.attempt,
+            requester=item.requester, kind=item.kind.value, stranger=item.stranger,
+        )
 
     def stop(self, deadline: float) -> None:
         """Flush what can go out before `deadline` (monotonic), then stop the thread."""
@@ -263,10 +353,13 @@ class MessageSender:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        durable = self._state.durable
         with self._cond:
             left = len(self._queue)
+            if not durable:  # kept in the store, they go out at the next start
+                self._dropped[DropReason.SHUTDOWN] += left
         if left:
-            kept = "; kept for the next start" if self._state.durable else ""
+            kept = "; kept for the next start" if durable else ""
             log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
         for warning in (self._full_warning, self._expired_warning, self._refused_warning):
             warning.flush()  # what was counted is told now, not lost with the process
@@ -295,6 +388,7 @@ class MessageSender:
                     self._last_accepted = None
                     self._sent -= 1
                     self._state.count("sent", -1)
+                    self._airtime_s -= self._airtime(item.text)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
@@ -363,8 +457,112 @@ class MessageSender:
                     return None  # the next text could not go out in time
                 self._cond.wait(min(wake_at, self._next_send_at) - now)
                 continue
+            index, hold_s = self._select(iface)
+            if index is None:
+                if self._stopping:
+                    return None  # held by the budget or the channel: not before the deadline
+                self._cond.wait(max(0.0, min(wake_at - now, hold_s, _HOLD_RECHECK_S)))
+                continue
             self._last_accepted = None  # its window for a late rate-limit verdict is over
-            return self._queue.popleft(), iface
+            item = self._queue[index]
+            del self._queue[index]
+            return item, iface
+
+    def _select(self, iface: Any) -> tuple[Optional[int], float]:
+        """Under the lock: the index of the text to send now, or None and how long to hold."""
+        level = self.governor.level()
+
+        def eligible(item: OutgoingText) -> bool:
+            return self.governor.permits(level, item.to, item.kind)
+
+        known_cache: dict[Optional[int], bool] = {}
+
+        def known(num: Optional[int]) -> bool:
+            if num not in known_cache:
+                known_cache[num] = is_known_node(iface, num)
+            return known_cache[num]
+
+        # Arbitration only when there is something to arbitrate: while every queued text
+        # fits in what is left of the hour and none answers a stranger, arrival order it is.
+        contested = (
+            self._budget_held
+            or self._strangers_held
+            or any(item.kind is not TextKind.REPLY or not known(item.requester) for item in self._queue)
+            or self.budget.spent() + sum(self._airtime(item.text) for item in self._queue) > self.budget.budget_s
+        )
+        index = policy.pick(self._queue, eligible, known, self.budget.spent_by, ordered=contested)
+        if index is not None:
+            item = self._queue[index]
+            if policy.priority(item.kind, item.to, known(item.requester)) is policy.Priority.STRANGER:
+                held = self.budget.stranger_wait_s(self._airtime(item.text)) > 0
+                self._log_strangers_share(held)
+                if held:  # strangers used their share: anything else may still go
+                    index = policy.pick(self._queue, eligible, known, self.budget.spent_by, strangers=False, ordered=True)
+        if index is None:
+            return None, _HOLD_RECHECK_S  # the channel is busy, or strangers used their share
+        cost = self._airtime(self._queue[index].text)
+        wait = self.budget.wait_s(cost)
+        if math.isinf(wait):
+            # Longer on air than the whole budget (a tiny budget on a slow preset): it
+            # would wait forever and block the texts behind it.
+            item = self._queue[index]
+            del self._queue[index]
+            self._dropped[DropReason.OVER_BUDGET] += 1
+            self._state.done([item.row], _dropped_counter(DropReason.OVER_BUDGET))
+            log.warning(
+                "dropped %s: %.1f s on air, more than the whole airtime budget (AIRTIME_BUDGET_PCT %g %% = %.1f s)",
+                item.label(), cost, self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s,
+            )
+            return None, 0.0
+        if wait > 0:
+            if not self._budget_held:
+                self._budget_held = True
+                log.warning(
+                    "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %s",
+                    self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s, counted(len(self._queue), "text"),
+                )
+            return None, wait
+        if self._budget_held and self.budget.wait_s(self.budget.budget_s * _BUDGET_BACK_SHARE) <= 0:
+            self._budget_held = False
+            log.info(
+                "airtime budget back: %.1f s of %.1f s used in the last hour; sending %s held",
+                self.budget.spent(), self.budget.budget_s, counted(len(self._queue), "text"),
+            )
+        return index, 0.0
+
+    def _log_strangers_share(self, held: bool) -> None:
+        """Under the lock: one INFO line when the strangers' share runs out, one when it is
+        back (with the same margin as the whole budget's)."""
+        if held and not self._strangers_held:
+            self._strangers_held = True
+            log.info(
+                "strangers' share of the airtime budget spent (%.0f s in the last hour): replies to nodes "
+                "that sent no NodeInfo wait",
+                self.budget.strangers.budget_s,
+            )
+        elif self._strangers_held and self.budget.stranger_wait_s(self.budget.strangers.budget_s * _BUDGET_BACK_SHARE) <= 0:
+            self._strangers_held = False
+            log.info("strangers' share of the airtime budget is back")
+
+    def _airtime(self, text: str) -> float:
+        radio = self._link.status.radio or radio_params(None)
+        return radio.airtime_s(utf8_len(text))
+
+    def _report_drop(self, item: OutgoingText, why: str, now: float, warning: RepeatedWarning) -> None:
+        """Under the lock: a WARNING per dropped text (repeats of one kind counted, one line
+        a minute); texts to strangers (a flood of forged ids) in a line a minute of their own."""
+        if not item.stranger:
+            warning.log("dropped %s: %s", item.label(), why)
+            return
+        self._stranger_drops += 1
+        logged_at = self._stranger_drops_logged_at
+        if logged_at is not None and now - logged_at < _DROP_SUMMARY_S:
+            return
+        log.warning(
+            "dropped %d text%s to unknown nodes (%s; last: %s)",
+            self._stranger_drops, "" if self._stranger_drops == 1 else "s", why, item.label(),
+        )
+        self._stranger_drops, self._stranger_drops_logged_at = 0, now
 
     def _take_due_retries(self, now: float) -> None:
         """Under the lock: DMs whose delivery failed go back to the head of the queue."""
@@ -472,6 +670,9 @@ class MessageSender:
         self._sent += 1
         self._state.done([item.row], "sent")
         item.row = None
+        self._airtime_s += self._airtime(item.text)
+        stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
+        self.budget.record(self._airtime(item.text), item.requester, stranger=stranger)
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
@@ -487,8 +688,8 @@ class MessageSender:
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:
-            self._dropped += 1
-            self._state.done([item.row], "dropped")
+            self._dropped[DropReason.REFUSED] += 1
+            self._state.done([item.row], _dropped_counter(DropReason.REFUSED))
             log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
             return
         self._resent += 1
@@ -527,10 +728,10 @@ class MessageSender:
         expired = []
         for item in self._queue:
             if now - item.created > ttl:
-                self._dropped += 1
+                self._dropped[DropReason.TTL] += 1
                 expired.append(item.row)
-                self._expired_warning.log("dropped %s: not sent within OUTBOX_TTL_S (%g s)", item.label(), ttl)
+                self._report_drop(item, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", now, self._expired_warning)
             else:
                 kept.append(item)
         self._queue = kept
-        self._state.done(expired, "dropped")
+        self._state.done(expired, _dropped_counter(DropReason.TTL))

@@ -1176,6 +1176,7 @@ class SimulatedNode:
         channel: int = 0,
         dm: bool = False,
         pki: bool = False,
+        public_key: bytes = b"",
         via_mqtt: bool = False,
         hops: int = 0,
         snr: float = 7.5,
@@ -1195,6 +1196,7 @@ class SimulatedNode:
             hop_limit=3 - hops,
             via_mqtt=via_mqtt,
             pki_encrypted=pki,
+            public_key=public_key,  # the firmware copies in the sender's key after a PKI decrypt
         )
         setattr(packet, "from", num)
         packet.decoded.portnum = _TEXT
@@ -1234,6 +1236,22 @@ class SimulatedNode:
         client = self._client
         if client is not None and not self._hung():  # a hung node prints nothing either
             self._write(client, text.encode("utf-8") + b"\r\n")
+
+    def send_telemetry(self, channel_utilization: float, air_util_tx: float) -> bool:
+        """The node reports its own DeviceMetrics to the client, as the firmware's
+        DeviceTelemetryModule does once a minute: a TELEMETRY_APP packet from the node's
+        own number. False if no client is connected."""
+        from meshtastic.protobuf import telemetry_pb2  # only this method needs it
+
+        metrics = telemetry_pb2.DeviceMetrics(
+            channel_utilization=channel_utilization, air_util_tx=air_util_tx, battery_level=101, uptime_seconds=3600
+        )
+        telemetry = telemetry_pb2.Telemetry(time=int(time.time()), device_metrics=metrics)
+        packet = mesh_pb2.MeshPacket(to=BROADCAST_NUM, id=self._new_packet_id(), channel=0)
+        setattr(packet, "from", self.node_num)
+        packet.decoded.portnum = portnums_pb2.PortNum.TELEMETRY_APP
+        packet.decoded.payload = telemetry.SerializeToString()
+        return self.deliver(packet)
 
     # --- observing -------------------------------------------------------------------------------
     @property
