@@ -185,13 +185,14 @@ def test_the_outbox_keeps_its_order_when_a_text_is_put_back_at_the_head(tmp_path
     store.enqueue(texts, answered=(7, 70))
     store.writing(texts[0].row, 0xABCD)
     store.done([texts[0].row], "sent")
-    store.put_back(StoredText("retry", 1, 0, None, time.time(), attempt=2))
+    store.put_back(StoredText("retry", 1, 0, None, time.time(), attempt=2, requester=9, kind="broadcast", stranger=True))
     store.done([texts[2].row, None], "dropped")  # a text never stored counts too
     store.close()
 
     again = StateStore(tmp_path)
     assert again.open()
-    assert [(t.text, t.attempt) for t in again.pending()] == [("retry", 2), ("t1", 1)]
+    assert [(t.text, t.attempt, t.packet_id) for t in again.pending()] == [("retry", 2, None), ("t1", 1, None)]
+    assert [(t.requester, t.kind, t.stranger) for t in again.pending()] == [(9, "broadcast", True), (None, "reply", False)]
     assert again.counters() == {"sent": 1, "dropped": 2}
     assert [key for key, _age in again.answered_since(600)] == [(7, 70)]
     with sqlite3.connect(tmp_path / DB_NAME) as db:  # a key from before the window

@@ -61,7 +61,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     reply_to INTEGER,
     created REAL NOT NULL,        -- wall time when queued
     packet_id INTEGER,            -- a write not confirmed yet: resend with this same id
-    attempt INTEGER NOT NULL DEFAULT 1
+    attempt INTEGER NOT NULL DEFAULT 1,
+    requester INTEGER,            -- the node whose command it answers (its priority)
+    kind TEXT NOT NULL DEFAULT 'reply',
+    stranger INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS answered (
     sender INTEGER NOT NULL,
@@ -77,6 +80,10 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+_TEXT_COLUMNS = "text, dest, channel, reply_to, created, packet_id, attempt, requester, kind, stranger"
+_TEXT_VALUES = ", ".join("?" * len(_TEXT_COLUMNS.split(", ")))
+
+
 @dataclass
 class StoredText:
     """One outbox text as the store keeps it. `row` is None until it is stored."""
@@ -88,6 +95,10 @@ class StoredText:
     created: float  # wall time
     packet_id: Optional[int] = None
     attempt: int = 1
+    # What the outbox's priorities need: who asked, what kind of text, a node without NodeInfo.
+    requester: Optional[int] = None
+    kind: str = "reply"
+    stranger: bool = False
     row: Optional[int] = None
 
 
@@ -181,20 +192,20 @@ class StateStore:
         texts: Sequence[StoredText],
         *,
         drop_rows: Sequence[Optional[int]] = (),
+        drop_counter: str = "dropped",
         answered: Optional[tuple[int, int]] = None,
     ) -> None:
         """Store new texts at the tail (setting their `row`), in one transaction with the
-        rows dropped to make room and the key of the command they answer."""
+        rows dropped to make room (counted in `drop_counter`) and the key of the command
+        they answer."""
         with self._transaction() as db:
             if db is None:
                 return
             for item in texts:
                 item.row = db.execute(
-                    "INSERT INTO outbox (text, dest, channel, reply_to, created, packet_id, attempt)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (item.text, item.to, item.channel, item.reply_to, item.created, item.packet_id, item.attempt),
+                    f"INSERT INTO outbox ({_TEXT_COLUMNS}) VALUES ({_TEXT_VALUES})", _text_values(item)
                 ).lastrowid
-            self._remove(db, drop_rows, "dropped")
+            self._remove(db, drop_rows, drop_counter)
             if answered is not None:
                 self._answer(db, answered)
 
@@ -204,9 +215,9 @@ class StateStore:
             if db is None:
                 return
             item.row = db.execute(
-                "INSERT INTO outbox (seq, text, dest, channel, reply_to, created, packet_id, attempt)"
-                " VALUES ((SELECT COALESCE(MIN(seq), 1) - 1 FROM outbox), ?, ?, ?, ?, ?, ?, ?)",
-                (item.text, item.to, item.channel, item.reply_to, item.created, item.packet_id, item.attempt),
+                f"INSERT INTO outbox (seq, {_TEXT_COLUMNS})"
+                f" VALUES ((SELECT COALESCE(MIN(seq), 1) - 1 FROM outbox), {_TEXT_VALUES})",
+                _text_values(item),
             ).lastrowid
 
     def writing(self, row: Optional[int], packet_id: Optional[int]) -> None:
@@ -230,13 +241,14 @@ class StateStore:
             if self._db is None:
                 return []
             try:
-                found = self._db.execute(
-                    "SELECT text, dest, channel, reply_to, created, packet_id, attempt, seq FROM outbox ORDER BY seq"
-                ).fetchall()
+                found = self._db.execute(f"SELECT {_TEXT_COLUMNS}, seq FROM outbox ORDER BY seq").fetchall()
             except sqlite3.Error as exc:
                 self._failed(exc)
                 return []
-        return [StoredText(*fields) for fields in found]
+        return [
+            StoredText(text, to, channel, reply_to, created, packet_id, attempt, requester, kind, bool(stranger), row)
+            for text, to, channel, reply_to, created, packet_id, attempt, requester, kind, stranger, row in found
+        ]
 
     # --- commands answered -------------------------------------------------------------------------
     def answered(self, key: tuple[int, int]) -> None:
@@ -333,6 +345,13 @@ class StateStore:
         db.execute("INSERT OR REPLACE INTO answered (sender, packet_id, at) VALUES (?, ?, ?)", (*key, now))
         # Indexed on `at`: finding nothing to prune is cheap.
         db.execute("DELETE FROM answered WHERE at < ?", (now - self._answered_window_s,))
+
+
+def _text_values(item: StoredText) -> tuple[object, ...]:
+    return (
+        item.text, item.to, item.channel, item.reply_to, item.created, item.packet_id, item.attempt,
+        item.requester, item.kind, int(item.stranger),
+    )
 
 
 class _InUse(OSError):
