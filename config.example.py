@@ -84,6 +84,15 @@ TIMEZONE = ''
 # e.g. DISABLED_COMMANDS = ['bc', 'echo']
 DISABLED_COMMANDS = ()
 
+# --- Sharing the node ------------------------------------------------------
+# Serve the node's TCP API here to the phone app, the meshtastic CLI and other clients, over the bot's one connection. Expected: '' (off), or 'host:port' like '0.0.0.0:4403', '127.0.0.1:4404' or '[::]:4403'.
+# e.g. API_LISTEN = '0.0.0.0:4403'
+API_LISTEN = ''
+# Most clients of API_LISTEN at once; more are refused. Expected: an integer from 1 to 64.
+API_MAX_CLIENTS = 8
+# What API clients may do to the node: 'read' only get_* admin requests, 'full' everything (set, reboot...), 'none' no admin at all. Expected: one of 'read', 'full', 'none'.
+API_ADMIN = 'read'
+
 # --- Weather ---------------------------------------------------------------
 # Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.
 WEATHER_API_URL = 'https://api.open-meteo.com/v1/forecast'

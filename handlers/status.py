@@ -30,6 +30,8 @@ def status(ctx: CommandContext) -> Optional[str]:
         f"commands {services.stats.commands}",
         f"DMs 24h: {out.dms.delivered} delivered, {out.dms.failed} failed",
     ]
+    if services.api_clients is not None:
+        parts.append(counted(services.api_clients(), "API client"))
     return join_within(parts, ", ", ctx.services.settings.MAX_TEXT_BYTES)
 
 

@@ -22,6 +22,7 @@ from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.plugins import load_commands
 from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
+from meshbot.share.server import ApiServer
 from meshbot.outbox.sender import MessageSender
 from meshbot.state.store import StateStore, resolve_state_dir
 from meshbot.text import counted, format_duration
@@ -55,7 +56,12 @@ class Bot:
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
         self.sender = MessageSender(settings, self.link, own_broadcasts, state=self.state)
         self.weather = WeatherClient(settings)
-        self.services = Services(settings, self.sender, self.link, self.registry, self.stats, self.weather, self.state)
+        # The node's TCP API served to the phone app and other clients, over the bot's link.
+        self.share = ApiServer(settings, self.link, self.sender) if settings.API_LISTEN else None
+        self.services = Services(
+            settings, self.sender, self.link, self.registry, self.stats, self.weather,
+            api_clients=self.share.client_count if self.share is not None else None, state=self.state,
+        )
         self.router = Router(self.services, own_broadcasts)
         # The zone matters only to 'at' entries: without any, the system is not asked.
         if any(entry.at is not None for entry in settings.SCHEDULED_BROADCASTS):
@@ -95,6 +101,8 @@ class Bot:
                 log.info("%d commands answered by the last run will not be answered again", answered)
         self.dispatcher.start()
         self.sender.start()  # takes back the texts the last run left
+        if self.share is not None:
+            self.share.start()
         self.link.start()
         self.scheduler.start()
         if self.metrics is not None:
@@ -110,6 +118,8 @@ class Bot:
             return "a handler thread stopped"
         if not self.scheduler.is_alive():
             return "the scheduler thread stopped"
+        if self.share is not None and not self.share.is_alive():
+            return "the API server thread stopped"
         now = time.monotonic()
         for what, busy_for in (
             ("the link thread", self.link.progress.busy_for(now)),
@@ -126,7 +136,8 @@ class Bot:
         link = self.link.status
         if link.state is LinkState.UP:
             reconnects, commands = counted(link.reconnects, "reconnect"), counted(self.stats.commands, "command")
-            return f"link up to {link.address} · {reconnects} · {commands}"
+            clients = "" if self.share is None else f" · {counted(self.share.client_count(), 'API client')}"
+            return f"link up to {link.address} · {reconnects} · {commands}{clients}"
         if not link.last_cause:
             return f"connecting to {link.address}"  # the first attempt, not failed yet
         down_for = format_duration(time.monotonic() - (link.down_since or link.since), decimals=0)
@@ -140,6 +151,8 @@ class Bot:
             self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
+        if self.share is not None:
+            self.share.stop()
         # Leave the link a second to say goodbye to the node after the flush.
         self.sender.stop(deadline=deadline - 1.0)
         self.link.stop(timeout=max(0.1, deadline - time.monotonic()))

@@ -299,6 +299,19 @@ def parse_metrics_listen(value: Any) -> str:
     return value
 
 
+API_LISTEN_FORM = "'' (off), or 'host:port' like '0.0.0.0:4403', '127.0.0.1:4404' or '[::]:4403'"
+
+
+def parse_listen(value: Any) -> str:
+    """API_LISTEN: '' or a 'host:port' the bot can listen on."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected {API_LISTEN_FORM}, got {value!r}")
+    value = value.strip()
+    if value:
+        split_host_port(value, API_LISTEN_FORM)
+    return value
+
+
 TIMEZONE_FORM = "an IANA time zone name like 'Europe/Paris' or 'America/New_York', or '' for the system's zone"
 
 
@@ -557,6 +570,22 @@ class Settings:
         form=COMMAND_NAMES_FORM,
         example="DISABLED_COMMANDS = ['bc', 'echo']",
     )
+    # --- sharing the node ------------------------------------------------------------
+    API_LISTEN: str = _key(
+        "",
+        str,
+        "Serve the node's TCP API here to the phone app, the meshtastic CLI and other clients, over the bot's one connection.",
+        parse=parse_listen,
+        form=API_LISTEN_FORM,
+        example="API_LISTEN = '0.0.0.0:4403'",
+    )
+    API_MAX_CLIENTS: int = _key(8, int, "Most clients of API_LISTEN at once; more are refused.", low=1, high=64)
+    API_ADMIN: str = _key(
+        "read",
+        str,
+        "What API clients may do to the node: 'read' only get_* admin requests, 'full' everything (set, reboot...), 'none' no admin at all.",
+        choices=("read", "full", "none"),
+    )
     # --- weather ---------------------------------------------------------------------
     WEATHER_API_URL: str = _key(
         "https://api.open-meteo.com/v1/forecast",
@@ -764,6 +793,7 @@ _SECTIONS = {
     "AIRTIME_BUDGET_PCT": "Airtime budget and channel governor",
     "HANDLER_THREADS": "Receiving",
     "DEDUP_WINDOW_S": "Commands",
+    "API_LISTEN": "Sharing the node",
     "WEATHER_API_URL": "Weather",
     "STATE_DIR": "State",
     "LOG_LEVEL": "Logging",

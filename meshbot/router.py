@@ -267,6 +267,8 @@ class Services:
     stats: BotStats
     weather: Optional["WeatherClient"] = None
     state: Optional["StateStore"] = None
+    # Clients of the shared node API (API_LISTEN) connected now; None when it is off.
+    api_clients: Optional[Callable[[], int]] = None
 
 
 @dataclass(frozen=True)

@@ -177,21 +177,48 @@ class MuteNode:
         self.listener.close()
 
 
-def test_a_handshake_that_takes_long_is_waited_on_over_the_one_connection(start_bot, caplog):
-    """Abandoning it for a new connection would leave the node a connection to hand its
-    queued packets to once it resumes; the socket's own end is what ends the wait."""
+def read_frames(sock: socket.socket) -> list:
+    """Every ToRadio the bot wrote on this connection, up to its close."""
+    from meshtastic.protobuf import mesh_pb2
+
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    frames, i = [], 0
+    while i + 4 <= len(data):
+        if data[i : i + 2] != b"\x94\xc3":
+            i += 1  # the library's wake-up bytes before the first frame
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        message = mesh_pb2.ToRadio()
+        message.ParseFromString(data[i + 4 : i + 4 + length])
+        frames.append(message)
+        i += 4 + length
+    return frames
+
+
+def test_a_handshake_that_takes_long_is_waited_on_then_left_with_a_disconnect(start_bot, caplog):
+    """Abandoning a slow handshake for a new connection would leave a stalled node a
+    connection to hand its kept packets to once it resumes: the bot waits while its one
+    connection lives, and gives up only after LINK_TIMEOUT_S without a frame, saying
+    `disconnect` first (the node then closes that session before writing anything)."""
     caplog.set_level(logging.WARNING, logger="meshbot")
     mute = MuteNode()
     try:
-        bot = start_bot(mute, wait=False, CONNECT_TIMEOUT_S=0.5)
+        bot = start_bot(mute, wait=False, CONNECT_TIMEOUT_S=0.5, PROBE_INTERVAL_S=0.3, LINK_TIMEOUT_S=3.0)
         wait_until(lambda: "no config from the node" in caplog.text, 5)
-        assert "within 0.5 s; waiting on this connection" in caplog.text
-        time.sleep(1.5)  # three handshake timeouts: still the one connection, no new attempt
+        assert "within 0.5 s; still waiting on this connection" in caplog.text
+        time.sleep(1.0)  # two handshake timeouts more: still the one connection, no new attempt
         assert len(mute.accepted) == 1
         assert bot.sender.get_interface() is None
         assert bot.health_problem() is None  # waiting on the node is not a hung daemon
-        mute.accepted[0].close()  # the node's end goes away: now the bot tries again
-        wait_until(lambda: len(mute.accepted) == 2, 5)
+        wait_until(lambda: len(mute.accepted) == 2, 10)  # silent for 3 s: given up, a new attempt
+        kinds = [frame.WhichOneof("payload_variant") for frame in read_frames(mute.accepted[0])]
+        assert kinds == ["want_config_id", "disconnect"], kinds
+        assert "no config from the node and no frame for 3 s" in caplog.text
+        mute.accepted[1].close()  # the node's end goes away: the bot tries again at once
+        wait_until(lambda: len(mute.accepted) == 3, 5)
         started = time.monotonic()
         bot.stop(budget_s=2.0)
         assert time.monotonic() - started < 2.5  # stopping ends the wait at once

@@ -517,3 +517,25 @@ def test_tx_time_zero_is_an_instant_radio(make, connect):
     client.barrier()
     assert [client.statuses(i)[0].free for i in range(1, 21)] == [16] * 20
     assert len(node.texts) == 20
+
+
+def test_hang_a_handshake_abandoned_during_it_takes_the_kept_packet_with_it(make, connect):
+    """Measured on meshtasticd 2.7.13: a client that sent want_config during the hang and
+    closed the connection before the node resumed is still served its handshake and the
+    packet kept for the phone; the EOF is noticed after. The packet is lost with it."""
+    node = make(firmware_version="2.6.11")
+    old = connect(node)
+    old.handshake()
+    node.hang(0.5)
+    packet_id = node.user_text(ALICE, "lost with the abandoned one")
+    abandoned = connect(node)
+    wait_until(lambda: node.counters.connections == 2, 5)
+    abandoned.send(want_config_id=5)
+    abandoned.sock.shutdown(socket.SHUT_WR)  # the client gives up: FIN after its want_config
+    retry = connect(node)
+    wait_until(lambda: node.counters.connections == 3, 5)
+    retry.send(want_config_id=6)
+    retry.wait(lambda f: f.config_complete_id == 6)
+    wait_until(lambda: packet_id in node.handed, 5)  # handed over, to the abandoned connection
+    assert abandoned.wait(lambda f: f.packet.id == packet_id)  # (read here only because the test's socket still reads)
+    assert all(p.id != packet_id for p in retry.packets())

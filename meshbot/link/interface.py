@@ -190,9 +190,14 @@ class _HardenedStream:
     _closing: bool
 
     def _init_hardening(
-        self, events: Optional[LinkEvents], handshake_timeout_s: float, heard: Optional[HeardClock] = None
+        self,
+        events: Optional[LinkEvents],
+        handshake_timeout_s: float,
+        silence_limit_s: float,
+        heard: Optional[HeardClock] = None,
     ) -> None:
         self.events = events or LinkEvents()
+        self.silence_limit_s = silence_limit_s
         # The bot's last-heard clock outlives this connection; the limiter does not.
         self.node_db = NodeDbLimiter(heard if heard is not None else HeardClock(DEFAULT_NODE_DB_MAX))
         self.publish_backlog = PublishBacklog(PUBLISH_BACKLOG_MAX, meshtastic.publishingThread.queue.qsize)
@@ -210,6 +215,9 @@ class _HardenedStream:
         self._rx_pos = 0
         # Serial noise can make thousands of bad frames: one line a minute says how many.
         self._undecodable = RepeatedWarning(log, "ignored {count} more undecodable frames from the node in the last {seconds} s")
+        # Shared node API (meshbot/share): sees every FromRadio frame, raw and parsed, on
+        # this reader thread. Set by NodeLink before connect(); it must only hand over.
+        self.from_radio_tap: Optional[Callable[[bytes, mesh_pb2.FromRadio], None]] = None
 
     # --- loss ------------------------------------------------------------------------
     def mark_lost(self, cause: str) -> None:
@@ -226,9 +234,15 @@ class _HardenedStream:
         return self.lost_cause is None and not self._closing
 
     def _say_goodbye(self, transport_open: bool) -> None:
-        """Start an intended close: a `disconnect` to a node that is listening (so it frees
-        its client slot at once), then no loss is reported any more."""
-        if transport_open and self.alive and self.isConnected.is_set():
+        """Start an intended close: a `disconnect` to a node that may be listening, then no
+        loss is reported any more.
+
+        The node frees its client slot at once; and a node that reads this connection only
+        later (a stalled process serving its backlog) closes the session when it reads the
+        `disconnect` (PhoneAPI::close), instead of sending a handshake and the packets it
+        kept for its client into a socket nobody reads. So it is sent during a handshake too.
+        """
+        if transport_open and self.alive:
             try:
                 self._sendToRadioImpl(mesh_pb2.ToRadio(disconnect=True))
             except (OSError, LinkLost):
@@ -276,6 +290,9 @@ class _HardenedStream:
         except DecodeError:
             self._undecodable.log("ignored an undecodable frame from the node (%d bytes)", len(fromRadioBytes))
             return
+        tap = self.from_radio_tap
+        if tap is not None:  # before the library sees it: clients get frames in the node's order
+            tap(fromRadioBytes, from_radio)
         kind = from_radio.WhichOneof("payload_variant")
         # Packets and queue statuses are nearly all the traffic; the library converts
         # every frame to a dict first, which only node_info frames need.
@@ -340,17 +357,21 @@ class _HardenedStream:
         """NodeLink probes at PROBE_INTERVAL_S; the library's 300 s timer is not wanted."""
 
     def _waitConnected(self, timeout: float = 30.0) -> None:
-        """Wait for the config handshake for as long as this connection lives.
+        """Wait for the config handshake while the node shows any sign of life.
 
         The library gives up after `timeout` and the caller would open another connection.
         A node whose process stalls still has its kernel accept connections, and when it
         resumes it serves them in turn: an abandoned connection whose `want_config` it reads
-        is handed the packets the node kept for its client, which nobody reads any more
-        (measured on meshtasticd 2.7.13: a command lost in 2 runs of 5). So the one
-        connection is kept and waited on; its socket's own timeouts (keepalive,
-        TCP_USER_TIMEOUT) end it when the node is really gone, and `give_up()` ends the wait
-        on an intended stop (or a one-off probe's deadline). After `handshake_timeout_s`, `events.slow_handshake` is called
-        once, for the log line and the watchdog (the loop is waiting, not working).
+        is handed its handshake and the packets the node kept for its client, which nobody
+        reads any more (measured on meshtasticd 2.7.13: a command lost in 2 runs of 5).
+        So a handshake is waited on for as long as frames come, or until nothing at all has
+        come for `silence_limit_s` (LINK_TIMEOUT_S: the rule that ends a silent link once
+        up). Only then is the connection given up, and `close()` first sends `disconnect`,
+        which a node reading that backlog later handles before it writes anything. The
+        socket's own end (EOF, reset, TCP_USER_TIMEOUT) ends the wait at once, and
+        `give_up()` on an intended stop or a one-off probe's deadline. After
+        `handshake_timeout_s`, `events.slow_handshake` is called once, for the log line and
+        the watchdog (the loop is waiting, not working).
         """
         slow_at = time.monotonic() + self.handshake_timeout_s
         while not self.isConnected.wait(0.05):
@@ -359,7 +380,11 @@ class _HardenedStream:
             reason = self.give_up()
             if reason:
                 raise LinkLost(reason)
-            if time.monotonic() >= slow_at:
+            now = time.monotonic()
+            silent = now - self.last_rx
+            if silent >= self.silence_limit_s:
+                raise LinkLost(f"no config from the node and no frame for {silent:.0f} s (node hung?)")
+            if now >= slow_at:
                 slow_at = float("inf")
                 self.events.slow_handshake(self.handshake_timeout_s)
         if self.failure:
@@ -434,7 +459,7 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
         connectNow: bool = True,
         noNodes: bool = False,
     ) -> None:
-        self._init_hardening(events, handshake_timeout_s=connect_timeout_s, heard=heard)
+        self._init_hardening(events, connect_timeout_s, link_timeout_s, heard)
         self.connect_timeout_s = connect_timeout_s
         self.link_timeout_s = link_timeout_s
         super().__init__(hostname, portNumber=portNumber, connectNow=connectNow, noNodes=noNodes)
@@ -510,12 +535,13 @@ class OptimizedSerialInterface(_HardenedStream, SerialInterface):
         *,
         events: Optional[LinkEvents] = None,
         connect_timeout_s: float = 10.0,
+        link_timeout_s: float = 45.0,
         write_timeout_s: float = SERIAL_WRITE_TIMEOUT_S,
         heard: Optional[HeardClock] = None,
         connectNow: bool = True,
         noNodes: bool = False,
     ) -> None:
-        self._init_hardening(events, handshake_timeout_s=connect_timeout_s, heard=heard)
+        self._init_hardening(events, connect_timeout_s, link_timeout_s, heard)
         self.write_timeout_s = write_timeout_s
         self._last_write_at = 0.0
         super().__init__(devPath, connectNow=connectNow, noNodes=noNodes)

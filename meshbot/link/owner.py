@@ -216,6 +216,9 @@ class NodeLink:
         self.heard = HeardClock(settings.NODE_DB_MAX)
         # pypubsub keeps only weak references: this attribute keeps the listener alive.
         self._receive_listener = self._make_receive_listener()
+        # Shared node API (meshbot/share): given every FromRadio frame of every interface,
+        # the handshake's included, on the library's reader thread. Set before start().
+        self.frame_tap: Optional[Callable[[bytes, Any], None]] = None
 
     # --- public ------------------------------------------------------------------------
     @property
@@ -239,6 +242,17 @@ class NodeLink:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def send_to_radio(self, to_radio: Any) -> None:
+        """Write one ToRadio of a client of the shared node API on the current link.
+
+        Raises LinkLost while the link is not up; a packet may wait (bounded) for a slot
+        in the node's TX queue, as the bot's own do.
+        """
+        iface = self._iface
+        if iface is None or not iface.alive:
+            raise LinkLost("link to the node is down")
+        iface._sendToRadio(to_radio)
 
     def add_observer(self, observer: LinkObserver) -> None:
         self._observers.append(observer)
@@ -371,6 +385,7 @@ class NodeLink:
         )
         iface.link_owner = self
         iface.give_up = give_up or self._stopping
+        iface.from_radio_tap = self.frame_tap
         try:
             iface.connect()
             # Probe once now: the answer tells whether this firmware reports every packet.
@@ -490,7 +505,7 @@ class NodeLink:
 
     def _slow_handshake(self, waited_s: float) -> None:
         log.warning(
-            "no config from the node at %s within %g s; waiting on this connection rather than "
+            "no config from the node at %s within %g s; still waiting on this connection rather than "
             "opening another (node busy or hung? another program on that port?)",
             self.address, waited_s,
         )
@@ -562,6 +577,7 @@ class NodeLink:
             device,
             events=events,
             connect_timeout_s=s.CONNECT_TIMEOUT_S,
+            link_timeout_s=s.LINK_TIMEOUT_S,
             heard=self.heard,
             connectNow=False,
         )

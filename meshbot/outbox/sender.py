@@ -43,7 +43,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from meshtastic import BROADCAST_NUM
 from meshtastic.mesh_interface import MeshInterface
@@ -118,6 +118,14 @@ class OutgoingText:
     @property
     def is_dm(self) -> bool:
         return self.to != BROADCAST_NUM
+    # A text of a client of the shared node API (meshbot/share): written as the client
+    # made it, with its own packet id, never resent with another (see send_client_text).
+    client_packet: Optional[mesh_pb2.MeshPacket] = None
+
+    @property
+    def from_client(self) -> bool:
+        """A person's own message through the shared API: paced, not charged to the bot's budget."""
+        return self.client_packet is not None
 
     def label(self) -> str:
         preview = self.text if len(self.text) <= 40 else self.text[:39] + "…"
@@ -217,6 +225,9 @@ class MessageSender:
         self._airtime_s = 0.0
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
         self.progress = LoopProgress()
+        # Shared node API: told (packet id, text) of every text the node accepted, under
+        # the outbox lock, so that its clients see the bot's texts too. Must only hand over.
+        self.text_sent_listener: Optional[Callable[[int, OutgoingText], None]] = None
         # Warnings that a flood of commands can make once per text: one line a minute each.
         self._full_warning = RepeatedWarning(log, "outbox full: dropped {count} more texts in the last {seconds} s")
         self._expired_warning = RepeatedWarning(
@@ -286,6 +297,27 @@ class MessageSender:
                 item.row = record.row
             self._cond.notify_all()
         return len(chunks)
+
+    def send_client_text(self, packet: mesh_pb2.MeshPacket) -> bool:
+        """Queue a text of a client of the shared node API; False when shutting down.
+
+        It goes ahead of the bot's queued replies (after other clients' texts, in order),
+        paced with them by the firmware's 2 s rule, with the client's own packet id so the
+        node's queueStatus and the mesh's ACK/NAK name it for the client.
+        """
+        item = OutgoingText(
+            packet.decoded.payload.decode("utf-8", "replace"), packet.to, packet.channel,
+            packet.decoded.reply_id or None, time.monotonic(), client_packet=packet,
+        )
+        with self._cond:
+            if self._stopping:
+                return False
+            index = 0
+            while index < len(self._queue) and self._queue[index].from_client:
+                index += 1
+            self._queue.insert(index, item)
+            self._cond.notify_all()
+        return True
 
     def airtime_used(self) -> tuple[float, float]:
         """(seconds on air in the last hour, the hour's budget in seconds), for /status."""
@@ -470,6 +502,10 @@ class MessageSender:
 
     def _select(self, iface: Any) -> tuple[Optional[int], float]:
         """Under the lock: the index of the text to send now, or None and how long to hold."""
+        if self._queue and self._queue[0].from_client:
+            # A person's own text from a client of the shared node API (queued at the head):
+            # paced like every text, never held by the bot's budget or channel policy.
+            return 0, 0.0
         level = self.governor.level()
 
         def eligible(item: OutgoingText) -> bool:
@@ -572,6 +608,8 @@ class MessageSender:
             item.row = self._put_back(item)
 
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
+        if item.client_packet is not None:
+            item.unconfirmed_id = item.client_packet.id
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         if item.unconfirmed_id is None:
             # Stored before the write: a text the node may have got when this process dies
@@ -580,19 +618,24 @@ class MessageSender:
         with self._cond:
             self._inflight_id, self._inflight_report, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
-        if item.to == BROADCAST_NUM and self._own_broadcasts is not None:
+        # A client's text is a person's, not the bot's: a user sending the same words (a
+        # command, say) must not be taken for an echo of it.
+        if item.to == BROADCAST_NUM and self._own_broadcasts is not None and not item.from_client:
             # Before the write: the node may put it on the air, and an echo may come back,
             # before its verdict reaches this thread.
             self._own_broadcasts.add(item.text)
         try:
-            iface.send_text_packet(
-                item.text,
-                item.to,
-                item.channel,
-                reply_id=item.reply_to,
-                want_ack=item.is_dm,  # a DM is retried by the firmware until acknowledged
-                packet_id=packet_id,
-            )
+            if item.client_packet is not None:
+                iface._sendToRadio(mesh_pb2.ToRadio(packet=item.client_packet))
+            else:
+                iface.send_text_packet(
+                    item.text,
+                    item.to,
+                    item.channel,
+                    reply_id=item.reply_to,
+                    want_ack=item.is_dm,  # a DM is retried by the firmware until acknowledged
+                    packet_id=packet_id,
+                )
         except TxQueueFull as exc:
             with self._cond:
                 self._inflight_id = None
@@ -672,19 +715,27 @@ class MessageSender:
         item.row = None
         self._airtime_s += self._airtime(item.text)
         stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
-        self.budget.record(self._airtime(item.text), item.requester, stranger=stranger)
+        if not item.from_client:  # a client's text is not the bot's to budget
+            self.budget.record(self._airtime(item.text), item.requester, stranger=stranger)
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
             self._recent_ids.popitem(last=False)
-        if item.is_dm:
+        if item.is_dm and not item.from_client:  # a client tracks its own DMs' ACKs
             self._delivery.track(packet_id, item, item.to, item.label(), now, item.attempt)
         log.debug("sent %s (%d B, id %08x)", item.label(), utf8_len(item.text), packet_id)
+        if self.text_sent_listener is not None:
+            self.text_sent_listener(packet_id, item)
 
     def _reject(self, item: OutgoingText, why: str, now: float) -> None:
         """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
         self._refused += 1
         self._state.count("refused")
+        if item.from_client:
+            # The client got the node's queueStatus for its packet and decides; a resend
+            # would need its id, which the node now ignores as seen.
+            log.info("%s %s; left to the client that sent it", item.label(), why)
+            return
         item.unconfirmed_id = None
         item.resends += 1
         if item.resends > MAX_RESENDS:

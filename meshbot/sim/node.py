@@ -645,14 +645,21 @@ class SimulatedNode:
                             e[0] == "accept" for e in itertools.islice(self._events, 0, self._backlog_left)
                         )
             # A backlog is read a connection at a time before anything for the phone is
-            # written to it (StreamAPI reads all it has, then writes): a connection whose
-            # backlog ends in its EOF or `disconnect` never gets the queued packets.
+            # written to it (StreamAPI reads all it has, then writes). Its EOF is noticed only
+            # after that: measured on meshtasticd 2.7.13, a connection the client had already
+            # abandoned (want_config sent, then closed) was served its handshake and handed
+            # the packet kept for the phone ("phone downloaded packet"), lost with it. A
+            # `disconnect` frame, in contrast, ends the session when it is read.
             self._deferring = in_backlog
+            late_eof = in_backlog and kind == "eof"
             try:
-                self._process(kind, client, payload)
+                if not late_eof:
+                    self._process(kind, client, payload)
                 if batch_ends:
                     self._deferring = False
                     self._end_batch(client, later_waiting)
+                if late_eof:
+                    self._process(kind, client, payload)
             except Exception:  # the simulated node must survive its own bugs to report them
                 log.exception("simulated node failed on a %s event", kind)
             finally:
@@ -662,7 +669,8 @@ class SimulatedNode:
         """After a connection's backlog: what the node kept for the phone, then the
         queueStatus a handshake in that backlog still owes. A connection that made no
         handshake in its backlog, with a newer one waiting to replace it, gets nothing:
-        the packets stay for the newer one."""
+        the packets stay for the newer one. One that did gets them, even if its client
+        has gone meanwhile (its EOF is handled after this)."""
         with self._phone_lock:
             handshook = client is not None and client.handshake_in_backlog
             if client is not None:

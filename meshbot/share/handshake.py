@@ -1,0 +1,157 @@
+"""`NodeSnapshot`: what the node told the bot about itself, to answer a client's handshake.
+
+It is built from the FromRadio frames of the bot's own config handshake, as they pass
+(a `my_info` starts a new one, `config_complete_id` ends it), and kept current by the
+frames and packets that follow: a node_info update, a config or channel frame, a NodeInfo
+or position packet heard from a node, and when each node was last heard. A client's
+`want_config_id` is answered from it in the firmware's order (`PhoneAPI::getFromRadio`):
+my_info, deviceuiConfig, own node_info, metadata, the channels, every config, every
+moduleConfig, the other node_infos, the file manifest, config_complete_id -- where nonce
+69420 leaves out the other nodes and 69421 sends only the node infos.
+
+Updates run on the library's reader thread: each is a few dictionary writes under a lock
+that a client's handshake holds only to copy the messages out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+from google.protobuf.message import DecodeError
+from meshtastic.protobuf import mesh_pb2, portnums_pb2
+
+from meshbot.share.framing import frame
+
+ONLY_CONFIG_NONCE = 69420  # the library's noNodes=True: no other nodes
+ONLY_NODES_NONCE = 69421  # node infos only
+_NODEINFO = portnums_pb2.PortNum.NODEINFO_APP
+_POSITION = portnums_pb2.PortNum.POSITION_APP
+
+
+class NodeSnapshot:
+    """The node's state as a client's handshake needs it. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.complete = False  # a full handshake of the bot's has been seen
+        self._my_info: Optional[mesh_pb2.MyNodeInfo] = None
+        self._ui: Optional[mesh_pb2.FromRadio] = None
+        self._metadata: Optional[mesh_pb2.DeviceMetadata] = None
+        self._channels: dict[int, mesh_pb2.FromRadio] = {}
+        self._configs: dict[str, mesh_pb2.FromRadio] = {}
+        self._module_configs: dict[str, mesh_pb2.FromRadio] = {}
+        self._files: list[mesh_pb2.FromRadio] = []
+        self._nodes: dict[int, mesh_pb2.NodeInfo] = {}  # in the node's order, the own node first
+
+    @property
+    def own_num(self) -> Optional[int]:
+        info = self._my_info
+        return info.my_node_num if info is not None else None
+
+    # --- what the node says (reader thread) --------------------------------------------------
+    def note_frame(self, message: mesh_pb2.FromRadio, kind: str) -> None:
+        """Record a non-packet frame; `kind` is its payload variant."""
+        with self._lock:
+            if kind == "my_info":  # the first frame of a full handshake: start over
+                self._reset()
+                self._my_info = mesh_pb2.MyNodeInfo()
+                self._my_info.CopyFrom(message.my_info)
+            elif kind == "node_info":
+                info = mesh_pb2.NodeInfo()
+                info.CopyFrom(message.node_info)
+                self._nodes[info.num] = info
+            elif kind == "metadata":
+                self._metadata = mesh_pb2.DeviceMetadata()
+                self._metadata.CopyFrom(message.metadata)
+            elif kind == "channel":
+                self._channels[message.channel.index] = _copy(message)
+            elif kind == "config":
+                self._configs[message.config.WhichOneof("payload_variant") or ""] = _copy(message)
+            elif kind == "moduleConfig":
+                self._module_configs[message.moduleConfig.WhichOneof("payload_variant") or ""] = _copy(message)
+            elif kind == "deviceuiConfig":
+                self._ui = _copy(message)
+            elif kind == "fileInfo" and not self.complete:
+                self._files.append(_copy(message))
+            elif kind == "config_complete_id" and self._my_info is not None:
+                self.complete = True
+
+    def note_packet(self, packet: mesh_pb2.MeshPacket) -> None:
+        """What a packet from the mesh changes in the node DB, as the firmware updates it."""
+        sender = getattr(packet, "from")
+        if not self.complete or not sender or not packet.HasField("decoded") or sender == self.own_num:
+            return
+        decoded = packet.decoded
+        user = position = None
+        try:
+            if decoded.portnum == _NODEINFO:
+                user = mesh_pb2.User()
+                user.ParseFromString(decoded.payload)
+            elif decoded.portnum == _POSITION:
+                position = mesh_pb2.Position()
+                position.ParseFromString(decoded.payload)
+        except DecodeError:
+            return
+        with self._lock:
+            info = self._nodes.get(sender)
+            if info is None:
+                if user is None:
+                    return  # the firmware adds a node to its DB once it knows who it is
+                info = self._nodes[sender] = mesh_pb2.NodeInfo(num=sender)
+            if user is not None:
+                info.user.CopyFrom(user)
+            if position is not None:
+                info.position.CopyFrom(position)
+            info.last_heard = packet.rx_time or int(time.time())
+            if packet.rx_snr:
+                info.snr = packet.rx_snr
+            if packet.hop_start:
+                info.hops_away = max(0, packet.hop_start - packet.hop_limit)
+
+    def _reset(self) -> None:
+        self.complete = False
+        self._my_info = self._ui = self._metadata = None
+        self._channels, self._configs, self._module_configs = {}, {}, {}
+        self._files, self._nodes = [], {}
+
+    # --- what a client gets (client threads) ---------------------------------------------------
+    def compose(self, nonce: int) -> Optional[bytes]:
+        """The framed handshake answering `want_config_id = nonce`; None before the first full one."""
+        with self._lock:
+            if not self.complete or self._my_info is None:
+                return None
+            own_num = self._my_info.my_node_num
+            own = self._nodes.get(own_num)
+            others = [info for num, info in self._nodes.items() if num != own_num]
+            messages: list[mesh_pb2.FromRadio] = []
+            if nonce != ONLY_NODES_NONCE:
+                my_info = mesh_pb2.MyNodeInfo()
+                my_info.CopyFrom(self._my_info)
+                my_info.nodedb_count = len(self._nodes)
+                messages.append(mesh_pb2.FromRadio(my_info=my_info))
+                if self._ui is not None:
+                    messages.append(self._ui)
+            if own is not None:
+                messages.append(mesh_pb2.FromRadio(node_info=own))
+            if nonce != ONLY_NODES_NONCE:
+                if self._metadata is not None:
+                    messages.append(mesh_pb2.FromRadio(metadata=self._metadata))
+                messages += [self._channels[i] for i in sorted(self._channels)]
+                messages += list(self._configs.values())
+                messages += list(self._module_configs.values())
+            if nonce != ONLY_CONFIG_NONCE:
+                messages += [mesh_pb2.FromRadio(node_info=info) for info in others]
+            if nonce != ONLY_NODES_NONCE:
+                messages += self._files
+            data = [frame(m.SerializeToString()) for m in messages]
+        data.append(frame(mesh_pb2.FromRadio(config_complete_id=nonce).SerializeToString()))
+        return b"".join(data)
+
+
+def _copy(message: mesh_pb2.FromRadio) -> mesh_pb2.FromRadio:
+    out = mesh_pb2.FromRadio()
+    out.CopyFrom(message)
+    out.id = 0
+    return out

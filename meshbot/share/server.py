@@ -1,0 +1,411 @@
+"""`ApiServer`: the node's TCP API, served by the bot to the phone app, the CLI and others.
+
+The node's TCP API takes one client at a time and force-closes the previous one when
+another connects: an operator opening the phone app would throw the bot off. The bot owns
+the one connection and shares it instead. Nothing here opens a socket to the node:
+
+* node -> clients: `NodeLink.frame_tap` hands every FromRadio frame over, on the library's
+  reader thread; each is appended to the send buffer of every client that finished its
+  handshake (admin answers and queueStatus only to the client they are about);
+* handshake: answered from `NodeSnapshot`, built from the bot's own handshake;
+* clients -> node: texts through the bot's outbox (`MessageSender.send_client_text`), so
+  that the firmware's 2 s text rule holds for everyone behind the one connection; other
+  packets through `NodeLink.send_to_radio`; admin messages filtered by API_ADMIN;
+  heartbeats and `disconnect` answered here;
+* while the link is down, clients are closed and new ones refused (the port stays bound
+  but does not listen, so a connect is refused at once, as by a node that is off).
+
+The server knows nothing of commands: the bot wires it in `meshbot.app` when API_LISTEN
+is set.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import socket
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from meshtastic import BROADCAST_NUM
+from meshtastic.protobuf import mesh_pb2, portnums_pb2
+
+from meshbot.config import API_LISTEN_FORM, Settings, split_host_port
+from meshbot.link.interface import LinkLost, TxQueueFull
+from meshbot.link.owner import LinkState, LinkStatus, NodeLink
+from meshbot.outbox.sender import MessageSender, OutgoingText
+from meshbot.share.admin import ADMIN_PORT, admin_refusal
+from meshbot.share.framing import frame
+from meshbot.share.handshake import NodeSnapshot
+from meshbot.share.session import ClientSession
+from meshbot.text import counted, format_duration
+
+log = logging.getLogger(__name__)
+
+# The firmware closes a TCP client that sent nothing for 15 minutes (TCP_IDLE_TIMEOUT_MS).
+IDLE_TIMEOUT_S = 15 * 60.0
+# Texts one client may have waiting in the outbox: the node's TX queue holds 16 packets.
+MAX_PENDING_TEXTS = 8
+# Packet ids remembered to route the node's answers (queueStatus, admin responses) back.
+_OWNED_IDS = 4096
+_POLL_S = 0.2
+_KERNEL_SNDBUF = 64 * 1024
+_REBIND_EVERY_S = 5.0
+# The firmware's ErrorCode for "not queued" in a queueStatus (ERRNO_UNKNOWN).
+_ERRNO_UNKNOWN = 32
+_TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
+_ROUTING = portnums_pb2.PortNum.ROUTING_APP
+# Frames of the node's own handshake: they feed the snapshot; clients get theirs from it.
+_SNAPSHOT_KINDS = frozenset(
+    {"my_info", "node_info", "metadata", "channel", "config", "moduleConfig", "deviceuiConfig", "fileInfo", "config_complete_id"}
+)
+
+
+class _LinkWatch:
+    """The server's link observer: only the link's state matters to it. The frame tap sees
+    the queueStatus and routing frames themselves, so every other report is ignored,
+    whatever its name and arguments."""
+
+    def __init__(self, on_change: Callable[[LinkStatus], None]) -> None:
+        self._on_change = on_change
+
+    def link_changed(self, status: LinkStatus) -> None:
+        self._on_change(status)
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*_args: Any) -> None:
+    return None
+
+
+class ApiServer:
+    """Listens on API_LISTEN while the link is up; one ClientSession per client."""
+
+    def __init__(
+        self, settings: Settings, link: NodeLink, sender: MessageSender, *, idle_timeout_s: float = IDLE_TIMEOUT_S
+    ) -> None:
+        self._host, self._port = split_host_port(settings.API_LISTEN, API_LISTEN_FORM)
+        self.listen_address = settings.API_LISTEN
+        self._max_clients = settings.API_MAX_CLIENTS
+        self._admin_mode = settings.API_ADMIN
+        self.idle_timeout_s = idle_timeout_s
+        self._outbox_ttl_s = settings.OUTBOX_TTL_S
+        self._link = link
+        self._sender = sender
+        self.snapshot = NodeSnapshot()
+        self._lock = threading.Lock()
+        # Replaced, never changed in place: the reader thread iterates it without the lock.
+        self._sessions: tuple[ClientSession, ...] = ()
+        self._owners: collections.OrderedDict[int, ClientSession] = collections.OrderedDict()
+        self._link_up = False
+        self._free, self._maxlen = 16, 16  # the node's TX queue, from its last queueStatus
+        self._socket: Optional[socket.socket] = None  # bound; listening while `_listening`
+        self._listening = False
+        self._stale = False  # stopped listening; the accept thread replaces the socket
+        self._last_bind_try = -_REBIND_EVERY_S
+        self._bind_error = ""
+        self.port: Optional[int] = None  # the bound port (API_LISTEN may say 0 in tests)
+        self._rng = random.Random()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-server", daemon=True)
+        link.frame_tap = self._on_frame
+        link.add_observer(_LinkWatch(self.link_changed))
+        sender.text_sent_listener = self._on_text_sent
+
+    # --- public ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._bind()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        for session in self._sessions:
+            session.close("the bot is stopping")
+        self._close_socket()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def client_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def listening(self) -> bool:
+        """Whether clients are accepted now (the link is up and the node's config known)."""
+        return self._listening
+
+    # --- the accept thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._reconcile()
+                sock = self._socket if self._listening else None
+                if sock is None:
+                    self._stop.wait(_POLL_S)
+                else:
+                    try:
+                        conn, peer = sock.accept()
+                    except socket.timeout:
+                        pass
+                    except OSError:
+                        pass  # stopped listening meanwhile (the link went down)
+                    else:
+                        self._admit(conn, peer)
+                self._close_idle()
+            except Exception:  # a bug here must not end the sharing for good
+                log.exception("unexpected error in the API server")
+                self._stop.wait(1.0)
+
+    def _reconcile(self) -> None:
+        """Listen exactly while the link is up and the node's config is known."""
+        with self._lock:
+            if self._stale:
+                # Stopped listening when the link went down: a socket cannot listen again
+                # after that, so hold the port with a new one, bound but not listening.
+                self._stale = False
+                self._close_socket()
+                self._bind()
+            if self._link_up and self.snapshot.complete and not self._listening:
+                if self._socket is None and not self._bind():
+                    return
+                assert self._socket is not None
+                self._socket.listen(self._max_clients)
+                self._listening = True
+                log.info("serving the node's API on %s:%s (API_ADMIN = %r)", self._host, self.port, self._admin_mode)
+
+    def _bind(self) -> bool:
+        now = time.monotonic()
+        if self._socket is not None:
+            return True
+        if self._bind_error and now - self._last_bind_try < _REBIND_EVERY_S:
+            return False  # failed lately: the port is someone else's for now
+        self._last_bind_try = now
+        try:
+            # The port got the first time (API_LISTEN may say 0): clients come back to it.
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self._host, self.port or self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            cause = exc.strerror or str(exc)
+            if cause != self._bind_error:
+                log.error("cannot listen on API_LISTEN = %r: %s; retrying every %.0f s", self.listen_address, cause, _REBIND_EVERY_S)
+                self._bind_error = cause
+            return False
+        if self._bind_error:
+            log.info("API_LISTEN %s bound after all", self.listen_address)
+            self._bind_error = ""
+        sock.settimeout(_POLL_S)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        return True
+
+    def _close_socket(self) -> None:
+        sock, self._socket = self._socket, None
+        self._listening = False
+        if sock is not None:
+            sock.close()
+
+    def _admit(self, conn: socket.socket, peer: Any) -> None:
+        address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        if not self._link_up:
+            conn.close()
+            return
+        if len(self._sessions) >= self._max_clients:
+            log.info("refused API client %s: API_MAX_CLIENTS (%d) connected already", address, self._max_clients)
+            conn.close()
+            return
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # A fixed kernel buffer (no autotuning up to megabytes): with the session's own
+        # bound, what a client that stops reading can hold is known.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _KERNEL_SNDBUF)
+        session = ClientSession(conn, address, self)
+        with self._lock:
+            self._sessions = self._sessions + (session,)
+            count = len(self._sessions)
+        log.info("API client %s connected (%s)", address, counted(count, "client"))
+        session.start()
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for session in self._sessions:
+            if now - session.last_rx > self.idle_timeout_s:
+                session.close(f"sent nothing for {format_duration(now - session.last_rx)}")
+
+    # --- sessions (their reader threads) ------------------------------------------------------
+    def session_ended(self, session: ClientSession) -> None:
+        with self._lock:
+            self._sessions = tuple(s for s in self._sessions if s is not session)
+            count = len(self._sessions)
+        log.info(
+            "API client %s disconnected after %s: %s (%s)",
+            session.address, format_duration(time.monotonic() - session.connected_at), session.close_reason,
+            counted(count, "client"),
+        )
+
+    def handle_to_radio(self, session: ClientSession, message: mesh_pb2.ToRadio) -> None:
+        kind = message.WhichOneof("payload_variant")
+        if kind == "want_config_id":
+            handshake = self.snapshot.compose(message.want_config_id)
+            if handshake is None:
+                session.close("the node's config is not known yet")
+            else:
+                session.send_handshake(handshake)
+        elif kind == "heartbeat":
+            session.send(self._queue_status(0, 0))
+        elif kind == "disconnect":
+            session.close("client disconnected")
+        elif kind == "packet":
+            self._client_packet(session, message.packet)
+        elif kind is not None:
+            self._to_node(session, message, 0)
+
+    def _client_packet(self, session: ClientSession, packet: mesh_pb2.MeshPacket) -> None:
+        if not packet.id:  # the firmware gives a packet without an id one
+            packet.id = self._rng.randint(1, 0xFFFFFFFF)
+        self._own(packet.id, session)
+        portnum = packet.decoded.portnum if packet.HasField("decoded") else None
+        if portnum == ADMIN_PORT or (portnum is None and packet.to == self.snapshot.own_num):
+            refusal = admin_refusal(packet, self._admin_mode)
+            if refusal is not None:
+                log.info("refused %s from API client %s (API_ADMIN = %r)", refusal, session.address, self._admin_mode)
+                session.send(self._routing_error(packet.id, mesh_pb2.Routing.Error.NOT_AUTHORIZED))
+                return
+        if portnum == _TEXT:
+            now = time.monotonic()
+            pending = session.pending_texts
+            for old in [i for i, at in pending.items() if now - at > self._outbox_ttl_s]:
+                del pending[old]  # dropped by the outbox (it logged why)
+            if len(pending) >= MAX_PENDING_TEXTS or not self._sender.send_client_text(packet):
+                session.send(self._queue_status(packet.id, _ERRNO_UNKNOWN))
+                return
+            pending[packet.id] = now
+            return
+        self._to_node(session, mesh_pb2.ToRadio(packet=packet), packet.id)
+
+    def _to_node(self, session: ClientSession, message: mesh_pb2.ToRadio, packet_id: int) -> None:
+        try:
+            self._link.send_to_radio(message)
+        except TxQueueFull:
+            session.send(self._queue_status(packet_id, _ERRNO_UNKNOWN))
+        except (LinkLost, OSError):
+            session.close("link to the node is down")
+
+    def _own(self, packet_id: int, session: ClientSession) -> None:
+        with self._lock:
+            self._owners[packet_id] = session
+            self._owners.move_to_end(packet_id)
+            while len(self._owners) > _OWNED_IDS:
+                self._owners.popitem(last=False)
+
+    # --- the link (library threads: only hand over) -------------------------------------------
+    def link_changed(self, status: LinkStatus) -> None:
+        up = status.state is LinkState.UP
+        with self._lock:
+            self._link_up = up
+            if not up and self._listening and self._socket is not None:
+                # Refuse new clients at once, as a node that is off does: SHUT_RD stops a
+                # listening socket (and resets connections waiting in its backlog) without
+                # closing the descriptor the accept thread is using.
+                try:
+                    self._socket.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+                self._listening = False
+                self._stale = True
+                log.info("not serving the node's API on %s while the link is down", self.listen_address)
+        if not up:
+            for session in self._sessions:
+                session.close("link to the node is down")
+
+    def _on_frame(self, raw: bytes, message: mesh_pb2.FromRadio) -> None:
+        """Every FromRadio frame from the node, on the library's reader thread."""
+        kind = message.WhichOneof("payload_variant")
+        snapshot = self.snapshot
+        if kind == "packet":
+            packet = message.packet
+            snapshot.note_packet(packet)
+            if not snapshot.complete:
+                return
+            decoded = packet.decoded
+            if packet.HasField("decoded") and decoded.portnum == ADMIN_PORT:
+                # An admin answer goes to the client that asked; the bot's own probes'
+                # answers to nobody.
+                owner = self._owners.get(decoded.request_id) if decoded.request_id else None
+                if owner is not None:
+                    owner.send(frame(raw))
+                return
+            self._broadcast(frame(raw))
+        elif kind == "queueStatus":
+            status = message.queueStatus
+            self._free, self._maxlen = status.free, status.maxlen or self._maxlen
+            owner = self._owners.get(status.mesh_packet_id) if status.mesh_packet_id else None
+            if owner is not None:
+                owner.pending_texts.pop(status.mesh_packet_id, None)
+                owner.send(frame(raw))
+        elif kind in _SNAPSHOT_KINDS:
+            snapshot.note_frame(message, kind)
+            if kind == "node_info" and snapshot.complete:
+                self._broadcast(frame(raw))
+        elif kind not in (None, "rebooted") and snapshot.complete:
+            self._broadcast(frame(raw))  # log records, client notifications...
+
+    def _on_text_sent(self, packet_id: int, item: OutgoingText) -> None:
+        """A text the node accepted (the bot's or a client's): the others see it, as the
+        firmware copies a text its own modules send to the phone (sendToMesh, ccToPhone)."""
+        own = self.snapshot.own_num
+        if own is None or not self._sessions:
+            return
+        origin = None
+        packet = mesh_pb2.MeshPacket()
+        if item.client_packet is not None:
+            packet.CopyFrom(item.client_packet)
+            origin = self._owners.get(packet_id)
+        else:
+            packet.to = item.to
+            packet.channel = item.channel
+            packet.want_ack = item.to != BROADCAST_NUM
+            packet.decoded.portnum = _TEXT
+            packet.decoded.payload = item.text.encode("utf-8")
+            if item.reply_to:
+                packet.decoded.reply_id = item.reply_to
+        packet.id = packet_id
+        setattr(packet, "from", own)
+        packet.rx_time = int(time.time())
+        data = frame(mesh_pb2.FromRadio(packet=packet).SerializeToString())
+        for session in self._sessions:
+            if session is not origin:
+                session.send_if_ready(data)
+
+    def _broadcast(self, data: bytes) -> None:
+        for session in self._sessions:
+            session.send_if_ready(data)
+
+    # --- frames the server makes ------------------------------------------------------------------
+    def _queue_status(self, packet_id: int, res: int) -> bytes:
+        status = mesh_pb2.QueueStatus(res=res, free=self._free, maxlen=self._maxlen, mesh_packet_id=packet_id)
+        return frame(mesh_pb2.FromRadio(queueStatus=status).SerializeToString())
+
+    def _routing_error(self, request_id: int, error: int) -> bytes:
+        """A NAK from the own node, as the firmware answers a request it refuses."""
+        own = self.snapshot.own_num or 0
+        packet = mesh_pb2.MeshPacket(to=own, id=self._rng.randint(1, 0xFFFFFFFF), rx_time=int(time.time()))
+        setattr(packet, "from", own)
+        packet.decoded.portnum = _ROUTING
+        packet.decoded.payload = mesh_pb2.Routing(error_reason=error).SerializeToString()  # type: ignore[arg-type]
+        packet.decoded.request_id = request_id
+        return frame(mesh_pb2.FromRadio(packet=packet).SerializeToString())
