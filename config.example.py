@@ -110,6 +110,10 @@ WEATHER_TIMEOUT_S = 8.0
 # Most HTTP requests to the weather and geocoding APIs in any 24 hours, all users together (past it: cached answers, else 'busy'). Expected: an integer from 1 to 1e+06.
 WEATHER_MAX_CALLS_PER_DAY = 5000
 
+# --- State -----------------------------------------------------------------
+# Directory of the state database (the outbox, the commands answered, the counters), kept across restarts; '': systemd's $STATE_DIRECTORY when set, else ./state; ':memory:': keep nothing. Expected: a directory path, '' or ':memory:'.
+STATE_DIR = ''
+
 # --- Logging ---------------------------------------------------------------
 # Log level. Expected: one of 'DEBUG', 'INFO', 'WARNING', 'ERROR'.
 LOG_LEVEL = 'INFO'

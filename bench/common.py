@@ -45,8 +45,13 @@ def print_table(rows: list[Row]) -> None:
 
 
 def start_bot(port: int, **settings: Any) -> subprocess.Popen:
-    """The real daemon, `main.py`, in its own process, against 127.0.0.1:port."""
+    """The real daemon, `main.py`, in its own process, against 127.0.0.1:port.
+
+    Each bot gets a fresh STATE_DIR: the simulated node's packet ids repeat from run to run,
+    so a shared one would make a run take its commands for ones a previous run answered.
+    """
     values = dict(NODE_HOST="127.0.0.1", NODE_PORT=port, LOG_LEVEL="WARNING")
+    values["STATE_DIR"] = tempfile.mkdtemp(prefix="meshbot-bench-state-")
     values.update(settings)
     config = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
     config.write("".join(f"{k} = {v!r}\n" for k, v in values.items()))
@@ -57,6 +62,14 @@ def start_bot(port: int, **settings: Any) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def kill_and_restart(proc: subprocess.Popen) -> subprocess.Popen:
+    """SIGKILL the bot, then start it again with the same config file, hence the same
+    STATE_DIR (what a crash and systemd's Restart= do)."""
+    proc.kill()
+    proc.wait(10)
+    return subprocess.Popen(proc.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def stop_bot(proc: subprocess.Popen) -> None:

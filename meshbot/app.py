@@ -24,6 +24,7 @@ from meshbot.router import BotStats, CommandRegistry, Router, Services
 from meshbot.scheduler import Scheduler, resolve_zone
 from meshbot.share.server import ApiServer
 from meshbot.outbox.sender import MessageSender
+from meshbot.state.store import StateStore, resolve_state_dir
 from meshbot.text import counted, format_duration
 from meshbot.weather import WeatherClient
 
@@ -47,17 +48,19 @@ class Bot:
         """`modules`: the built-in commands; `plugins`: entry points (default: the installed ones)."""
         self.settings = settings
         self.registry: CommandRegistry = load_commands(modules, settings.DISABLED_COMMANDS, plugins)
-        self.stats = BotStats()
+        # Opened in start(): --check-config builds a Bot too, and must not create files.
+        self.state = StateStore(resolve_state_dir(settings.STATE_DIR), settings.DEDUP_WINDOW_S)
+        self.stats = BotStats(state=self.state)
         self.dispatcher = InboundDispatcher(self._route, settings.HANDLER_THREADS, settings.INBOUND_QUEUE_MAX)
         self.link = NodeLink(settings, self._on_packet, interface_factory=interface_factory)
         own_broadcasts = RecentKeys(settings.DEDUP_WINDOW_S, max_keys=1000)
-        self.sender = MessageSender(settings, self.link, own_broadcasts)
+        self.sender = MessageSender(settings, self.link, own_broadcasts, state=self.state)
         self.weather = WeatherClient(settings)
         # The node's TCP API served to the phone app and other clients, over the bot's link.
         self.share = ApiServer(settings, self.link, self.sender) if settings.API_LISTEN else None
         self.services = Services(
             settings, self.sender, self.link, self.registry, self.stats, self.weather,
-            api_clients=self.share.client_count if self.share is not None else None,
+            api_clients=self.share.client_count if self.share is not None else None, state=self.state,
         )
         self.router = Router(self.services, own_broadcasts)
         # The zone matters only to 'at' entries: without any, the system is not asked.
@@ -91,8 +94,13 @@ class Bot:
             "meshbot starting: node %s, %d commands, %d handler threads",
             self.link.address, len(self.registry.commands()), self.settings.HANDLER_THREADS,
         )
+        if self.state.open():
+            self.stats.commands += self.state.counters().get("commands", 0)
+            answered = self.router.restore_answered()
+            if answered:
+                log.info("%d commands answered by the last run will not be answered again", answered)
         self.dispatcher.start()
-        self.sender.start()
+        self.sender.start()  # takes back the texts the last run left
         if self.share is not None:
             self.share.start()
         self.link.start()
@@ -149,4 +157,5 @@ class Bot:
         self.sender.stop(deadline=deadline - 1.0)
         self.link.stop(timeout=max(0.1, deadline - time.monotonic()))
         self.weather.close()
+        self.state.close()
         log.info("meshbot stopped in %.1f s", time.monotonic() - started)

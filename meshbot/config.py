@@ -253,6 +253,16 @@ def parse_http_url(value: Any) -> str:
     return value
 
 
+def parse_state_dir(value: Any) -> str:
+    """STATE_DIR: a path, '' (the default place) or ':memory:'. Whether it is writable is
+    found out at start-up: a bad directory is a WARNING then, never a refusal to start."""
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or value != value.strip():
+        raise ValueError(f"expected a directory path, '' or ':memory:', got {value!r}")
+    return value
+
+
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _IPV6_HOST_RE = re.compile(r"^[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?$")
 METRICS_LISTEN_FORM = "'' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'"
@@ -609,6 +619,15 @@ class Settings:
         low=1,
         high=1000000,
     )
+    # --- state -----------------------------------------------------------------------
+    STATE_DIR: str = _key(
+        "",
+        str,
+        "Directory of the state database (the outbox, the commands answered, the counters), kept across restarts;"
+        " '': systemd's $STATE_DIRECTORY when set, else ./state; ':memory:': keep nothing.",
+        form="a directory path, '' or ':memory:'",
+        parse=parse_state_dir,
+    )
     # --- logging ---------------------------------------------------------------------
     LOG_LEVEL: str = _key("INFO", str, "Log level.", choices=_LOG_LEVELS)
     # --- monitoring ------------------------------------------------------------------
@@ -768,6 +787,7 @@ _SECTIONS = {
     "DEDUP_WINDOW_S": "Commands",
     "API_LISTEN": "Sharing the node",
     "WEATHER_API_URL": "Weather",
+    "STATE_DIR": "State",
     "LOG_LEVEL": "Logging",
     "METRICS_LISTEN": "Monitoring",
 }

@@ -44,6 +44,16 @@ class RecentKeys:
             if len(self._seen) > self._max:
                 self._seen.popitem(last=False)
 
+    def restore(self, key: Hashable, age_s: float) -> None:
+        """Remember `key` as seen `age_s` ago: keys kept across a restart, given oldest
+        first before any new key (expiry relies on the insertion order being time order)."""
+        now = time.monotonic()
+        with self._lock:
+            self._seen.pop(key, None)
+            self._seen[key] = now - age_s
+            if len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             self._expire(time.monotonic())

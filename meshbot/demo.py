@@ -127,4 +127,5 @@ def _with_simulators(settings: Settings, node: SimulatedNode, weather: FakeOpenM
         WEATHER_API_URL=weather.forecast_url,
         GEOCODING_API_URL=weather.geocoding_url,
         DEFAULT_LOCATION=settings.DEFAULT_LOCATION or "Lyon",
+        STATE_DIR=":memory:",  # the demo's texts are not the operator's: nothing is kept
     )

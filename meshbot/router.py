@@ -31,6 +31,7 @@ from meshbot.text import quote_command
 if TYPE_CHECKING:
     from meshbot.link.owner import NodeLink
     from meshbot.outbox.sender import MessageSender
+    from meshbot.state.store import StateStore
     from meshbot.weather import WeatherClient
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,7 @@ class BotStats:
     _by_command: dict[str, int] = field(default_factory=dict, repr=False)
     _errors: dict[str, int] = field(default_factory=dict, repr=False)
     _latency: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict, repr=False)
+    state: Optional["StateStore"] = None  # where the count is kept across restarts
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_command(self, name: str) -> None:
@@ -222,6 +224,8 @@ class BotStats:
         with self._lock:
             self.commands += 1
             self._by_command[name] = self._by_command.get(name, 0) + 1
+        if self.state is not None:
+            self.state.count("commands")
 
     def count_reply(self) -> None:
         with self._lock:
@@ -262,6 +266,7 @@ class Services:
     registry: CommandRegistry
     stats: BotStats
     weather: Optional["WeatherClient"] = None
+    state: Optional["StateStore"] = None
     # Clients of the shared node API (API_LISTEN) connected now; None when it is off.
     api_clients: Optional[Callable[[], int]] = None
 
@@ -322,6 +327,15 @@ class Router:
         self._own_broadcasts = own_broadcasts
         self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
         self._admins = {admin.num: admin for admin in settings.ADMIN_NODES}
+
+    def restore_answered(self) -> int:
+        """At start-up: the commands the last run answered within DEDUP_WINDOW_S count as
+        seen, so that the node's replay of its queue for the client is not answered twice."""
+        state = self._services.state
+        keys = state.answered_since(self._services.settings.DEDUP_WINDOW_S) if state is not None else []
+        for key, age_s in keys:
+            self._seen.restore(key, age_s)
+        return len(keys)
 
     def handle(self, packet: dict) -> None:
         message = InboundText.from_packet(packet)
@@ -459,13 +473,18 @@ class Router:
         would run it as a command, whether the text is a help line or a user's words.
         """
         texts = queued_by_handler
+        # Kept with the reply's texts (one transaction), so a replay after a restart is ignored.
+        answered = (message.sender, message.id) if message.id else None
         if reply:
             self._services.stats.count_reply()
             reply = quote_command(reply)
             to = message.sender if is_dm else BROADCAST_NUM
             texts += self._services.sender.send(
-                reply, to=to, channel=message.channel, reply_to=message.id, requester=message.sender, kind=TextKind.REPLY
+                reply, to=to, channel=message.channel, reply_to=message.id, requester=message.sender,
+                kind=TextKind.REPLY, answers=answered,
             )
+        elif answered is not None and self._services.state is not None:
+            self._services.state.answered(answered)
         log.log(
             level,
             "%s from !%08x %s: %d text%s",

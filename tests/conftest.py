@@ -28,6 +28,7 @@ FAST = dict(
     PACE_BY_AIRTIME=False,
     CONTENTION_BACKOFF_S=1.0,
     RATE_LIMIT_COUNT=1000,  # tests of the limit set their own
+    STATE_DIR=":memory:",  # no test shares a database with another (tests/test_state.py sets its own)
 )
 
 

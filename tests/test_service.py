@@ -82,6 +82,19 @@ def test_the_daemon_gets_what_it_relies_on():
     assert d["SupplementaryGroups"] == ["dialout"]
 
 
+def test_the_state_database_goes_where_the_service_may_write(monkeypatch):
+    """ProtectSystem=strict (implied by DynamicUser= too) makes everything read-only but the
+    StateDirectory=, which systemd passes as $STATE_DIRECTORY: STATE_DIR's default follows it."""
+    from meshbot.config import Settings
+    from meshbot.state.store import resolve_state_dir
+
+    d = service_directives(UNIT.read_text())
+    assert d["ProtectSystem"] == ["strict"] and d["StateDirectory"] == ["meshbot"]
+    assert not {"ReadOnlyPaths", "InaccessiblePaths", "TemporaryFileSystem", "StateDirectoryMode"} & set(d)
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/meshbot")
+    assert resolve_state_dir(Settings().STATE_DIR) == Path("/var/lib/meshbot")
+
+
 @needs_analyze
 def test_systemd_accepts_the_unit(tmp_path):
     code, complaints = verify_complaints(runnable_copy(tmp_path, UNIT.read_text()))

@@ -61,6 +61,7 @@ from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.outbox.governor import ChannelGovernor
 from meshbot.outbox.policy import TextKind, is_known_node
+from meshbot.state.store import StateStore, StoredText
 from meshbot.text import counted, split_text, utf8_len
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class OutgoingText:
     kind: TextKind = TextKind.REPLY
     stranger: bool = False  # the requester had sent no NodeInfo when the text was queued
     attempt: int = 1  # a DM sent again after its delivery failed: 2
+    row: Optional[int] = None  # its row in the state store, while it is stored
 
     @property
     def is_dm(self) -> bool:
@@ -154,6 +156,19 @@ class OutboxStats:
     airtime_s: float = 0.0
 
 
+def _dropped_counter(reason: DropReason) -> str:
+    """The state store's counter of the texts dropped for this reason."""
+    return f"dropped_{reason.value}"
+
+
+def _text_kind(value: str) -> TextKind:
+    """A stored kind back to its enum; one this version does not know counts as a reply."""
+    try:
+        return TextKind(value)
+    except ValueError:
+        return TextKind.REPLY
+
+
 def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
     """Does this firmware refuse texts less than 2 s apart? Unknown: assume it does."""
     return version is None or version >= FIRST_FIRMWARE_WITH_TEXT_LIMIT
@@ -170,9 +185,13 @@ class MessageSender:
         *,
         governor: Optional[ChannelGovernor] = None,
         budget: Optional[AirtimeBudget] = None,
+        state: Optional[StateStore] = None,
     ) -> None:
         self._settings = settings
         self._link = link
+        # Every queued text is also in the store until the node took it or it was dropped,
+        # so that a restart sends what was waiting. A store never opened does nothing.
+        self._state = state or StateStore(None)
         # Both public so that /status can read them and tests can give the budget a clock.
         self.governor = governor or ChannelGovernor(settings, link)
         self.budget = budget or AirtimeBudget(settings.AIRTIME_BUDGET_PCT)
@@ -231,11 +250,17 @@ class MessageSender:
         *,
         requester: Optional[int] = None,
         kind: TextKind = TextKind.REPLY,
+        answers: Optional[tuple[int, int]] = None,
     ) -> int:
         """Split and queue a text; return at once with the number of texts queued.
 
         `requester` is the node whose command this answers (None: the bot's own text),
         `kind` what it is: both decide its priority and how many texts it may cost.
+
+        The texts are in the state store before this returns, in one transaction with
+        `answers`, the (sender, packet id) of the command they answer: after a restart
+        either both are there (the texts go out, a replay of the command is ignored) or
+        neither (the replayed command is answered).
         """
         known = is_known_node(self._link.interface, requester)
         limit = policy.max_texts(kind, to, known, self._settings.MAX_CHUNKS, self.governor.channel_one_text())
@@ -246,17 +271,30 @@ class MessageSender:
                 self._dropped[DropReason.SHUTDOWN] += len(chunks)
                 log.warning("shutting down: not queued: %s", OutgoingText(text, to, channel, reply_to, now).label())
                 return 0
-            for chunk in chunks:
-                self._queue.append(
-                    OutgoingText(chunk, to, channel, reply_to, now, requester=requester, kind=kind, stranger=not known)
-                )
+            new = [
+                OutgoingText(chunk, to, channel, reply_to, now, requester=requester, kind=kind, stranger=not known)
+                for chunk in chunks
+            ]
+            self._queue.extend(new)
+            victims = []
             while len(self._queue) > self._settings.OUTBOX_MAX:
                 # The text that would go last: the lowest class's oldest (not a known node's DM).
                 index = policy.evict(self._queue, lambda num: is_known_node(self._link.interface, num))
                 victim = self._queue[index]
+                victims.append(victim)
                 del self._queue[index]
                 self._dropped[DropReason.OUTBOX_FULL] += 1
                 self._report_drop(victim, f"outbox full ({self._settings.OUTBOX_MAX} texts)", now, self._full_warning)
+            # Into the store: the new texts not evicted at once, the evicted ones out of it.
+            gone = {id(victim) for victim in victims}
+            kept = [item for item in new if id(item) not in gone]
+            records = [self._stored(item) for item in kept]
+            self._state.enqueue(
+                records, drop_rows=[v.row for v in victims], drop_counter=_dropped_counter(DropReason.OUTBOX_FULL),
+                answered=answers,
+            )
+            for item, record in zip(kept, records):
+                item.row = record.row
             self._cond.notify_all()
         return len(chunks)
 
@@ -304,7 +342,40 @@ class MessageSender:
         return self._thread.is_alive()
 
     def start(self) -> None:
+        """Take back what the last run left in the state store, then start sending."""
+        self._restore()
         self._thread.start()
+
+    def _restore(self) -> None:
+        pending = self._state.pending()
+        counters = self._state.counters()
+        now, wall = time.monotonic(), time.time()
+        with self._cond:
+            self._sent += counters.get("sent", 0)
+            self._resent += counters.get("resent", 0)
+            self._refused += counters.get("refused", 0)
+            for reason in DropReason:
+                self._dropped[reason] += counters.get(_dropped_counter(reason), 0)
+            for stored in pending:
+                # Its age in wall time: the monotonic clock started again with this process.
+                created = now - max(0.0, wall - stored.created)
+                self._queue.append(
+                    OutgoingText(
+                        stored.text, stored.to, stored.channel, stored.reply_to, created,
+                        unconfirmed_id=stored.packet_id, requester=stored.requester, kind=_text_kind(stored.kind),
+                        stranger=stored.stranger, attempt=stored.attempt, row=stored.row,
+                    )
+                )
+        if pending:
+            log.info("%s left by the last run, to send", counted(len(pending), "text"))
+
+    def _stored(self, item: OutgoingText) -> StoredText:
+        """The store's record of a text: its age as wall time."""
+        created = time.time() - (time.monotonic() - item.created)
+        return StoredText(
+            item.text, item.to, item.channel, item.reply_to, created, item.unconfirmed_id, item.attempt,
+            requester=item.requester, kind=item.kind.value, stranger=item.stranger,
+        )
 
     def stop(self, deadline: float) -> None:
         """Flush what can go out before `deadline` (monotonic), then stop the thread."""
@@ -314,11 +385,14 @@ class MessageSender:
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        durable = self._state.durable
         with self._cond:
             left = len(self._queue)
-            self._dropped[DropReason.SHUTDOWN] += left
+            if not durable:  # kept in the store, they go out at the next start
+                self._dropped[DropReason.SHUTDOWN] += left
         if left:
-            log.warning("shutdown: %d text%s not sent before the deadline", left, "" if left == 1 else "s")
+            kept = "; kept for the next start" if durable else ""
+            log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
         for warning in (self._full_warning, self._expired_warning, self._refused_warning):
             warning.flush()  # what was counted is told now, not lost with the process
 
@@ -345,6 +419,7 @@ class MessageSender:
                     item = self._last_accepted[1]
                     self._last_accepted = None
                     self._sent -= 1
+                    self._state.count("sent", -1)
                     self._airtime_s -= self._airtime(item.text)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
@@ -469,6 +544,7 @@ class MessageSender:
             item = self._queue[index]
             del self._queue[index]
             self._dropped[DropReason.OVER_BUDGET] += 1
+            self._state.done([item.row], _dropped_counter(DropReason.OVER_BUDGET))
             log.warning(
                 "dropped %s: %.1f s on air, more than the whole airtime budget (AIRTIME_BUDGET_PCT %g %% = %.1f s)",
                 item.label(), cost, self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s,
@@ -529,11 +605,16 @@ class MessageSender:
         for attempt, item in reversed(self._delivery.due_retries(now)):
             item.attempt, item.resends, item.unconfirmed_id, item.created = attempt, 0, None, now
             self._queue.appendleft(item)
+            item.row = self._put_back(item)
 
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
         if item.client_packet is not None:
             item.unconfirmed_id = item.client_packet.id
         packet_id = item.unconfirmed_id or iface.new_packet_id()
+        if item.unconfirmed_id is None:
+            # Stored before the write: a text the node may have got when this process dies
+            # goes out again with this id, and receiving nodes discard the copy.
+            self._state.writing(item.row, packet_id)
         with self._cond:
             self._inflight_id, self._inflight_report, self._inflight_rate_limited = packet_id, None, False
             self._inflight_label = item.label()
@@ -630,6 +711,8 @@ class MessageSender:
 
     def _accepted(self, packet_id: int, item: OutgoingText, now: float) -> None:
         self._sent += 1
+        self._state.done([item.row], "sent")
+        item.row = None
         self._airtime_s += self._airtime(item.text)
         stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
         if not item.from_client:  # a client's text is not the bot's to budget
@@ -647,6 +730,7 @@ class MessageSender:
     def _reject(self, item: OutgoingText, why: str, now: float) -> None:
         """Under the lock: resend later with a new id, or drop after MAX_RESENDS."""
         self._refused += 1
+        self._state.count("refused")
         if item.from_client:
             # The client got the node's queueStatus for its packet and decides; a resend
             # would need its id, which the node now ignores as seen.
@@ -656,12 +740,21 @@ class MessageSender:
         item.resends += 1
         if item.resends > MAX_RESENDS:
             self._dropped[DropReason.REFUSED] += 1
+            self._state.done([item.row], _dropped_counter(DropReason.REFUSED))
             log.warning("dropped %s: %s %d times", item.label(), why, item.resends)
             return
         self._resent += 1
+        self._state.count("resent")
         log.info("%s %s; sending it again (%d/%d)", item.label(), why, item.resends, MAX_RESENDS)
         self._requeue(item)
+        if item.row is None:  # accepted, then refused late: back in the store too
+            item.row = self._put_back(item)
         self._next_send_at = max(self._next_send_at, now + max(self._settings.MIN_TEXT_INTERVAL_S, _RETRY_GAP_S))
+
+    def _put_back(self, item: OutgoingText) -> Optional[int]:
+        stored = self._stored(item)
+        self._state.put_back(stored)
+        return stored.row
 
     def _requeue(self, item: OutgoingText) -> None:
         self._queue.appendleft(item)
@@ -683,10 +776,13 @@ class MessageSender:
         if not any(now - item.created > ttl for item in self._queue):
             return
         kept: collections.deque[OutgoingText] = collections.deque()
+        expired = []
         for item in self._queue:
             if now - item.created > ttl:
                 self._dropped[DropReason.TTL] += 1
+                expired.append(item.row)
                 self._report_drop(item, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", now, self._expired_warning)
             else:
                 kept.append(item)
         self._queue = kept
+        self._state.done(expired, _dropped_counter(DropReason.TTL))

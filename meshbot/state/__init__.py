@@ -1,0 +1,1 @@
+"""Durable state: the outbox, the commands answered and the counters, across restarts."""
