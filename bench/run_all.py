@@ -3,7 +3,7 @@
     python bench/run_all.py [--quick]
 
 Each module has a `run(quick)` function returning rows. The soak runs one cycle of its
-six faults here (7 min; 3 min with --quick); `bench/soak.py --minutes 30` is the long run.
+seven faults here (8 min; 3 min with --quick); `bench/soak.py --minutes 30` is the long run.
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ injected, in turn:
   hang 30 s    the node's process stalls for 30 s: nothing read or answered, commands
                kept for the client, new connections left in the kernel's backlog, all
                served in order when it resumes (meshtasticd on a Pi whose process stalls);
-  rate limit   the node refuses the next two texts (silently, as 2.7.13 does).
+  rate limit   the node refuses the next two texts (silently, as 2.7.13 does);
+  SIGKILL      a burst of four commands, and once the node took the first reply, the bot
+               is killed with SIGKILL and started again with the same config and STATE_DIR
+               (a crash, the watchdog, the OOM killer): the other replies come after the
+               restart, from the durable outbox, once each and in order.
 
 A command counts as expected when the node handed it to the bot (`node.handed`): commands
 typed while the link is down are kept by the node and handed over after the reconnect. No
@@ -38,11 +42,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from common import Row, print_table, rss_mb, start_bot, stop_bot, wait_for
+from common import Row, kill_and_restart, print_table, rss_mb, start_bot, stop_bot, wait_for
 
 from meshbot.sim.node import SimulatedNode, SimUser
 
-FAULTS = ("FIN", "RST", "reboot 10 s", "silent 60 s", "hang 30 s", "rate limit")
+FAULTS = ("FIN", "RST", "reboot 10 s", "silent 60 s", "hang 30 s", "rate limit", "SIGKILL")
 _JITTER_S = 0.3
 _BUDGET_PCT = 20.0
 _QUIET_BEFORE_FAULT_S = 1.0
@@ -50,10 +54,10 @@ _QUIET_AFTER_FAULT_S = 0.5
 _DRAIN_S = 120.0  # after the last minute: time for replies still queued
 # The last user is out of reach: DMs to it fail (NAK), are sent once more, then given up.
 USERS = tuple(SimUser(0x50AC0000 + i, f"SK{i:02d}", f"Soak user {i}", reachable=i != 9) for i in range(12))
-_UNREACHABLE = USERS[9]
 
 _LOST = re.compile(r"link to \S+ lost after")
 _UP = re.compile(r"link up after")
+_FIRST_UP = re.compile(r"link up to ")  # a new process's first connection, after a SIGKILL
 _REJECTED = re.compile(r"(rate limited by the node|not taken by the node).*; sending it again")
 _DM_RETRIED = re.compile(r"not delivered \(\w+\); sending it again")
 _DM_GIVEN_UP = re.compile(r"gave up text to")
@@ -67,8 +71,11 @@ class BotLog:
 
     def __init__(self, stream) -> None:  # type: ignore[no-untyped-def]
         self.lines: list[tuple[float, str]] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
+        self.attach(stream)
+
+    def attach(self, stream) -> None:  # type: ignore[no-untyped-def]
+        """Also read this stream (the bot's next process, after a SIGKILL) into the same lines."""
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
     def _read(self, stream) -> None:  # type: ignore[no-untyped-def]
         for line in stream:
@@ -116,8 +123,8 @@ class Soak:
     def run(self) -> list[Row]:
         with self.node:
             # 12 users, a command every 5 s: about 14 % of a LONG_FAST hour on the air.
-            proc = start_bot(self.node.port, LOG_LEVEL="INFO", AIRTIME_BUDGET_PCT=_BUDGET_PCT)
-            log = BotLog(proc.stderr)
+            self.proc = start_bot(self.node.port, LOG_LEVEL="INFO", AIRTIME_BUDGET_PCT=_BUDGET_PCT)
+            self.log = log = BotLog(self.proc.stderr)
             try:
                 if not self.node.wait_connected(30):
                     raise SystemExit("the bot never connected")
@@ -134,7 +141,7 @@ class Soak:
                         fault_index += 1
                         next_fault += 60
                     if now >= next_rss:
-                        self.rss.append(rss_mb(proc.pid))
+                        self.rss.append(rss_mb(self.proc.pid))
                         next_rss += 60
                     quiet = next_fault - now < _QUIET_BEFORE_FAULT_S or (
                         self.faults and now - self.faults[-1].at < _QUIET_AFTER_FAULT_S
@@ -143,11 +150,11 @@ class Soak:
                         self._command()
                         next_command += self.command_every_s
                     time.sleep(0.05)
-                self.rss.append(rss_mb(proc.pid))
+                self.rss.append(rss_mb(self.proc.pid))
                 wait_for(lambda: self._missing() == 0, _DRAIN_S)
                 self.status = self._ask_status()
             finally:
-                stop_bot(proc)
+                stop_bot(self.proc)
             self._measure_faults(log)
             return self._rows(log)
 
@@ -181,6 +188,24 @@ class Soak:
             self.node.hang(30)
         elif kind == "rate limit":
             threading.Thread(target=self._refuse_two_texts, args=(record,), daemon=True).start()
+        elif kind == "SIGKILL":
+            self._kill_with_replies_queued(record)
+
+    def _kill_with_replies_queued(self, record: FaultRecord) -> None:
+        """Four DM /pings at once: their replies wait in the outbox, 2 s apart. Once the node
+        took the first, SIGKILL the bot and start it again with the same config file (the same
+        STATE_DIR). The three others must come from the durable outbox, each once."""
+        accepted = len(self.node.texts)
+        for user in USERS[:4]:
+            self.tally.sent += 1
+            packet = self.node.user_packet(user, "/ping", dm=True)
+            self.tally.commands.add(packet.id)
+            self.node.deliver(packet)
+        wait_for(lambda: len(self.node.texts) > accepted, 10)
+        time.sleep(0.2)  # the other replies are in the store within milliseconds
+        record.at = time.monotonic()
+        self.proc = kill_and_restart(self.proc)
+        self.log.attach(self.proc.stderr)
 
     def _refuse_two_texts(self, record: FaultRecord) -> None:
         """Turn the node's text limit up until it has refused two texts, then back to 2 s."""
@@ -207,15 +232,18 @@ class Soak:
         return {packet_id for packet_id in self.node.handed if packet_id in commands}
 
     def _replies(self) -> collections.Counter[int]:
-        """Texts the node took, per command answered. A DM to the user out of reach counts
-        once: its copy sent again after the NAK is a retry of a text nobody got, not a
-        duplicate on anyone's screen."""
+        """Replies per command as users see them: a text the bot had written but not seen
+        confirmed when it was killed goes out again with the same packet id, and receiving
+        nodes drop that copy by (from, id); a DM to the out-of-reach user is sent again after
+        its NAK (DM_RETRIES) and reaches nobody. Any other second copy is a duplicate."""
         expected = self._expected
-        replies = collections.Counter(t.reply_id for t in self.node.texts if t.reply_id in expected)
-        for text in self.node.texts:
-            if text.to == _UNREACHABLE.num and replies[text.reply_id] > 1:
-                replies[text.reply_id] = 1
-        return replies
+        unreachable = {user.num for user in USERS if not user.reachable}
+        distinct = {(t.reply_id, 0 if t.to in unreachable else t.id) for t in self.node.texts if t.reply_id in expected}
+        return collections.Counter(reply_id for reply_id, _ in distinct)
+
+    def _same_id_copies(self) -> int:
+        expected = self._expected
+        return sum(1 for t in self.node.texts if t.reply_id in expected) - sum(self._replies().values())
 
     def _missing(self) -> int:
         return len(self._expected) - len(self._replies())
@@ -255,6 +283,8 @@ class Soak:
             Row("soak", "replies dropped by TTL (logged)", expired, ""),
             Row("soak", "lost (expected, not delivered, not expired)", lost, "", "0", lost == 0),
             Row("soak", "duplicates", duplicates, "", "0", duplicates == 0),
+            Row("soak", "copies nobody sees twice (same packet id after a SIGKILL; DM retries to the out-of-reach user)",
+                self._same_id_copies(), ""),
             Row("soak", "reconnects (link up again, from the bot's log)", log.count(_UP), ""),
             Row("soak", "connections the node accepted after the first", self.node.counters.connections - 1, ""),
             Row("soak", f"texts the node refused, {_JITTER_S * 1000:.0f} ms jitter, outside the rate-limit fault",
@@ -274,6 +304,11 @@ class Soak:
         rows.append(Row("soak", "DMs given up", log.count(_DM_GIVEN_UP), ""))
         for kind in FAULTS:
             records = [r for r in self.faults if r.kind == kind]
+            if records and kind == "SIGKILL":
+                recovered = [r.recovered_s for r in records if r.recovered_s is not None]
+                rows.append(Row("soak", f"SIGKILL: max time from the kill to the new process's link up ({len(records)} kills)",
+                                max(recovered) if recovered else float("nan"), "s", "", len(recovered) == len(records)))
+                continue
             if not records or kind == "hang 30 s":
                 # Within LINK_TIMEOUT_S (45 s) the link rides a 30 s hang out: nothing to
                 # detect; what counts is that the commands kept meanwhile get their replies.
@@ -293,7 +328,8 @@ class Soak:
             growth = self.rss[-1] - self.rss[0]
             rows.append(Row("soak", "RSS after 1 min", self.rss[0], "MB"))
             rows.append(Row("soak", "RSS at the end", self.rss[-1], "MB"))
-            rows.append(Row("soak", "RSS growth", growth, "MB", "<= 5", growth <= 5.0))
+            if "SIGKILL" not in FAULTS:  # a killed bot's successor is a new process: no growth to judge
+                rows.append(Row("soak", "RSS growth", growth, "MB", "<= 5", growth <= 5.0))
         errors = log.errors()
         rows.append(Row("soak", "ERROR lines or tracebacks in the bot's log", len(errors), "", "0", not errors))
         for line in errors[:5]:
@@ -302,8 +338,8 @@ class Soak:
 
 
 def run(quick: bool = False, minutes: Optional[float] = None) -> list[Row]:
-    """For run_all.py: one full cycle of the six faults (7 min), or 3 min with --quick."""
-    return Soak(minutes if minutes is not None else (3.0 if quick else 7.0), command_every_s=5.0).run()
+    """For run_all.py: one full cycle of the seven faults (8 min), or 3 min with --quick."""
+    return Soak(minutes if minutes is not None else (3.0 if quick else 8.0), command_every_s=5.0).run()
 
 
 def main() -> int:
