@@ -427,6 +427,11 @@ class _HardenedStream:
             packet.decoded.reply_id = reply_id
         self._sendPacket(packet, destinationId=to, wantAck=want_ack)
 
+    def send_to_radio(self, to_radio: mesh_pb2.ToRadio) -> None:
+        """Write a ToRadio as a client built it (an API client's packet, kept as it is);
+        a packet waits for a TX-queue slot like any other."""
+        self._sendToRadio(to_radio)
+
     def new_packet_id(self) -> int:
         return self._generatePacketId()
 

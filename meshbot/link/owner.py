@@ -252,7 +252,7 @@ class NodeLink:
         iface = self._iface
         if iface is None or not iface.alive:
             raise LinkLost("link to the node is down")
-        iface._sendToRadio(to_radio)
+        iface.send_to_radio(to_radio)
 
     def add_observer(self, observer: LinkObserver) -> None:
         self._observers.append(observer)

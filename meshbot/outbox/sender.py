@@ -626,7 +626,7 @@ class MessageSender:
             self._own_broadcasts.add(item.text)
         try:
             if item.client_packet is not None:
-                iface._sendToRadio(mesh_pb2.ToRadio(packet=item.client_packet))
+                iface.send_to_radio(mesh_pb2.ToRadio(packet=item.client_packet))
             else:
                 iface.send_text_packet(
                     item.text,
