@@ -31,7 +31,8 @@ NAME = "weather"
 # A burst of 100 replies would overflow the default outbox (50: the oldest are dropped,
 # by design, on a real mesh where they would wait minutes): room for all of them here.
 SETTINGS = dict(
-    MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000, HANDLER_THREADS=4, OUTBOX_MAX=200
+    MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000, HANDLER_THREADS=4, OUTBOX_MAX=200,
+    AIRTIME_BUDGET_PCT=100.0,
 )
 # The bot's own cost is measured here, not the radio's: no 2 s text limit, and a TX queue
 # that empties at once (with the default 0.2 s per packet, replies faster than 80/s fill
