@@ -21,7 +21,8 @@ from common import ROOT, Row, cpu_seconds, percentile, ping_latencies, print_tab
 from meshbot.sim.node import SimulatedNode
 
 NAME = "core"
-# Pacing off, and the per-sender limit out of the way: 3 simulated users send thousands of commands.
+# Pacing, the per-sender limit and the airtime budget out of the way: 3 simulated users send
+# thousands of commands.
 SETTINGS = dict(MIN_TEXT_INTERVAL_S=0.0, PACE_BY_AIRTIME=False, RATE_LIMIT_COUNT=10_000, AIRTIME_BUDGET_PCT=100.0)
 # The bot's own cost is measured here, not the radio's: no 2 s text limit, and a TX queue
 # that empties at once (with the default 0.2 s per packet, replies faster than 80/s fill
