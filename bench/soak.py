@@ -250,6 +250,11 @@ class Soak:
 
     def _measure_faults(self, log: BotLog) -> None:
         for record in self.faults:
+            if record.kind == "SIGKILL":
+                record.detected_s = 0.0  # nothing to detect: the process is gone
+                up_at = log.first_after(_FIRST_UP, record.at)
+                record.recovered_s = None if up_at is None else up_at - record.at
+                continue
             if record.kind == "rate limit":
                 # From the node's refusal to the bot's line saying it sends the text again.
                 # (The refusal is seen by polling every 5 ms, so the line may come first: 0.)

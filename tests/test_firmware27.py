@@ -188,3 +188,15 @@ def test_an_ack_for_a_dm_of_the_previous_connection_still_counts(start_bot):
         node.drop()  # before the ACK: the node keeps it for the next client
         wait_until(lambda: bot.sender.stats().dms.delivered == 1, 10)
         assert node.counters.connections == 2
+
+
+def test_an_ack_right_behind_the_queue_status_still_counts(start_bot):
+    """A destination one hop away can ACK before the outbox thread has recorded the text
+    whose status just came in: the ACK is kept and matched once it has."""
+    with SimulatedNode(firmware_version="2.6.11", ack_delay_s=0.0) as node:
+        bot = start_bot(node)
+        for _ in range(10):
+            node.user_text(ALICE, "/ping", dm=True)
+        node.wait_texts(10, 20)
+        wait_until(lambda: bot.sender.stats().dms.delivered == 10, 10)
+        assert bot.sender.stats().dms.pending == 0

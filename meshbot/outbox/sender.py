@@ -206,6 +206,8 @@ class MessageSender:
         self._inflight_id: Optional[int] = None
         self._inflight_label = ""
         self._inflight_report: Optional[QueueReport] = None
+        # A routing packet about the in-flight text that came before the text was recorded.
+        self._early_routing: Optional[tuple[int, int, int]] = None
         self._inflight_rate_limited = False
         # Set once an accepted text's queueStatus showed it waiting in the TX queue: from
         # then on, a text whose status shows the queue still empty was not taken.
@@ -425,6 +427,12 @@ class MessageSender:
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
                     return
+            if request_id == self._inflight_id and self._inflight_report is not None:
+                # Its queueStatus is in, but the outbox thread has not recorded the text
+                # yet: an ACK right behind the status (a destination one hop away) would
+                # find nothing to match. It is handed over once the text is recorded.
+                self._early_routing = (request_id, reason, sender)
+                return
             verdict = self._delivery.on_routing(request_id, reason, sender, time.monotonic())
             if verdict is Verdict.HANDLED:
                 self._cond.notify_all()  # a retry may now be due
@@ -666,6 +674,9 @@ class MessageSender:
                 self._accepted(packet_id, item, report.at)
             else:
                 self._reject(item, why, report.at)
+            early, self._early_routing = self._early_routing, None
+        if early is not None:
+            self.routing(*early)
 
     def _await_verdict(self, iface: Any, packet_id: int, written_at: float) -> Optional[QueueReport]:
         """Under the lock: the node's queueStatus for the in-flight packet; None if the link
