@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from meshbot.text import counted
+from meshbot.logs import RepeatedWarning
 
 log = logging.getLogger(__name__)
 
@@ -265,26 +265,23 @@ class PublishBacklog:
     nor packets from the bot's own node.
     """
 
-    def __init__(self, max_backlog: int, queue_size: Callable[[], int], report_every_s: float = 60.0) -> None:
+    def __init__(self, max_backlog: int, queue_size: Callable[[], int]) -> None:
         self.max_backlog = max_backlog
         self._queue_size = queue_size
-        self._report_every_s = report_every_s
         self.dropped = 0
-        self._reported_at: Optional[float] = None
-        self._unreported = 0
+        # A flood is one line a minute, and a burst that stopped is still told.
+        self._warning = RepeatedWarning(
+            log, "dropped {count} more packets from the mesh in the last {seconds} s: the publishing queue stayed full"
+        )
 
     def admit(self) -> bool:
         """True if one more packet may be queued; counts (and reports) a refusal."""
         if self._queue_size() < self.max_backlog:
             return True
         self.dropped += 1
-        self._unreported += 1
-        now = time.monotonic()
-        if self._reported_at is None or now - self._reported_at >= self._report_every_s:
-            log.warning(
-                "the library's publishing queue holds %d packets: dropped %s from the mesh "
-                "(%d in all); the bot cannot keep up with what the node hands over",
-                self.max_backlog, counted(self._unreported, "packet"), self.dropped,
-            )
-            self._reported_at, self._unreported = now, 0
+        self._warning.log(
+            "the library's publishing queue holds %d packets: dropped a packet from the mesh; "
+            "the bot cannot keep up with what the node hands over",
+            self.max_backlog,
+        )
         return False
