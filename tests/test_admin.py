@@ -9,6 +9,7 @@ import os
 import pytest
 
 from meshbot.config import EX_CONFIG
+from tests.conftest import wait_until
 from tests.test_commands import ADMIN, ALICE, BOB, ask, quiet_for
 from tests.test_main import run_main, write_config
 
@@ -25,7 +26,7 @@ def assert_refused(node, caplog, reason: str, **packet) -> None:  # type: ignore
     caplog.clear()
     reply = ask(node, BOB, "/bc net tonight", dm=True, **packet)
     assert [t.text for t in reply] == ["not authorized"]
-    lines = refusals(caplog)
+    lines = wait_until(lambda: refusals(caplog), 5)  # logged once the reply is queued, maybe after it left
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert f"/bc refused ({reason}) from !1a2b3c02 by DM" in lines[0].getMessage()
     assert not any(t.text == "net tonight" for t in quiet_for(node, 0.3) + node.texts)

@@ -16,7 +16,7 @@ import pytest
 
 from meshbot.config import EX_CONFIG, ConfigError, build_settings
 from meshbot.sim.node import SimulatedNode
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 ALICE, BOB = 0x1A2B3C01, 0x1A2B3C02
 MAKE = shutil.which("make")
@@ -237,7 +237,8 @@ def test_log_lines_count_the_echo_broadcast_and_name_forecast(node, start_bot, c
     node.wait_texts(1, 10)
     node.user_text(ALICE, "/forecast")
     node.wait_texts(2, 10)
-    logged = router_lines(caplog)
+    # The router logs its line once the reply is queued: the outbox may have sent it before.
+    logged = wait_until(lambda: len(router_lines(caplog)) >= 2 and router_lines(caplog), 5)
     assert f"/echo from !{ALICE:08x} on ch0: 1 text" in logged, logged
     assert any(line.startswith(f"/forecast from !{ALICE:08x} on ch0: 1 text") for line in logged), logged
     assert not any(line.startswith("/weather") for line in logged), logged

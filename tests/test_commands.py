@@ -107,7 +107,7 @@ def test_own_broadcast_echoed_back_by_another_node_is_ignored(node, start_bot, c
     node.wait_texts(1, 5)
     node.user_text(CARL, "/ping")
     assert quiet_for(node) == []
-    assert "ignored our own broadcast echoed back by !1a2b3c03" in caplog.text
+    wait_until(lambda: "ignored our own broadcast echoed back by !1a2b3c03" in caplog.text, 5)
 
 
 def test_rate_limit_answers_n_then_one_notice_while_others_are_served(node, start_bot):
@@ -228,7 +228,7 @@ def test_scheduled_broadcasts_fire_text_and_command(node, start_bot, caplog):
     texts = node.wait_texts(3, 5)
     assert ("beacon", 1) in [(t.text, t.channel) for t in texts]
     assert any(t.text.startswith("up ") and t.channel == 0 for t in texts)
-    assert "scheduled broadcast #0 fired: text 'beacon' every 1 s on ch1, 1 text" in caplog.text
+    wait_until(lambda: "scheduled broadcast #0 fired: text 'beacon' every 1 s on ch1, 1 text" in caplog.text, 5)
 
 
 def test_a_scheduled_command_that_does_not_exist_is_a_config_error(node):

