@@ -57,7 +57,8 @@ def test_unplug_is_reported_once_and_plug_back_delivers_what_was_queued(node, st
     caplog.set_level(logging.INFO, logger="meshbot")
     node.attach_serial()
     # Pacing holds the second pong in the outbox while the device is away.
-    bot = start_serial_bot(start_bot, node, MIN_TEXT_INTERVAL_S=3.0)
+    # A long link timeout: an unplug noticed quickly is then told apart from one noticed by it.
+    bot = start_serial_bot(start_bot, node, MIN_TEXT_INTERVAL_S=3.0, LINK_TIMEOUT_S=6.0)
     first = node.user_text(0x1A2B3C01, "/ping")
     node.wait_texts(1, 5)
     second = node.user_text(0x1A2B3C02, "/ping")
@@ -83,7 +84,7 @@ def test_unplug_is_reported_once_and_plug_back_delivers_what_was_queued(node, st
     assert [t.connection for t in texts] == [1, 2, 2]
     time.sleep(0.3)
     assert len(node.texts) == 3  # nothing twice
-    assert detected < 0.5  # the read fails at once: no waiting for the link timeout
+    assert detected < 3.0  # the read fails at once (about 10 ms): no waiting for the 6 s link timeout
     warnings = link_warnings(caplog)
     assert len(warnings) == 1, warnings
     assert "lost after" in warnings[0] and "serial device gone (unplugged?)" in warnings[0]
@@ -181,7 +182,7 @@ def test_a_stuck_device_never_blocks_a_write_for_long(node):
         closer.start()
         closer.join(3.0)
     assert not closer.is_alive(), "close() is blocked"
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
     assert not iface._rxThread.is_alive()
 
 

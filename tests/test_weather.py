@@ -22,6 +22,7 @@ from meshbot.sim.node import SimulatedNode
 from meshbot.sim.weather import FORECAST_PATH, SEARCH_PATH, FakeOpenMeteo, SimDay, SimWeather
 from meshbot.text import utf8_len
 from meshbot.weather import STALE_MAX_S, ServiceUnavailable, WeatherClient
+from tests.conftest import wait_until
 from tests.test_commands import ALICE, BOB, CARL, ask
 
 DAVE = 0x1A2B3C04  # not in the node DB
@@ -357,15 +358,14 @@ def test_concurrent_identical_requests_are_fetched_once(node, weather_bot, api):
 
 
 def test_ping_is_answered_while_a_weather_request_hangs(node, weather_bot, api):
-    weather_bot(WEATHER_TIMEOUT_S=1.0)
-    api.set_faults(delay_s=3.0)
+    weather_bot(WEATHER_TIMEOUT_S=3.0)
+    api.set_faults(delay_s=5.0)
     weather_id = node.user_text(ALICE, "/weather Lyon")
-    time.sleep(0.1)  # the weather request is now hanging on a handler worker
-    started = time.monotonic()
+    wait_until(lambda: api.count() == 1, 5)  # the weather request is now hanging on a handler worker
     pong = ask(node, BOB, "/ping")
-    assert pong and pong[0].text.startswith("pong") and time.monotonic() - started < 0.5
-    assert not [t for t in node.texts if t.reply_id == weather_id]  # still waiting
-    texts = node.wait_texts(2, 3)
+    assert pong and pong[0].text.startswith("pong")
+    assert not [t for t in node.texts if t.reply_id == weather_id]  # still waiting: the pong did not queue behind it
+    texts = node.wait_texts(2, 6)
     assert [t.text for t in texts if t.reply_id == weather_id] == ["weather: service unavailable, try again later"]
 
 
