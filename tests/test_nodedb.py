@@ -3,6 +3,7 @@ through the simulated node over TCP."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -121,7 +122,8 @@ def test_nodes_falls_back_to_the_node_dbs_last_heard(start_bot):
         assert "ALIC 1m" in text and "BOB 1m 1hop" in text
 
 
-def test_a_stalled_publisher_holds_a_bounded_backlog_and_the_link_stays_up(node, start_bot):
+def test_a_stalled_publisher_holds_a_bounded_backlog_and_the_link_stays_up(node, start_bot, caplog):
+    caplog.set_level(logging.WARNING, logger="meshbot")
     bot = start_bot(node)
     iface = bot.sender.get_interface()
     release = threading.Event()
@@ -143,4 +145,9 @@ def test_a_stalled_publisher_holds_a_bounded_backlog_and_the_link_stays_up(node,
     # Once the backlog has drained, packets are taken again.
     wait_until(lambda: meshtastic.publishingThread.queue.qsize() == 0, 10)
     assert ask(node, BOB, "/ping", timeout=10)[0].text.startswith("pong")
+    # One line for the first drop; closing the link tells the count, not a timer a minute later.
+    assert caplog.text.count("dropped a packet from the mesh") == 1
+    bot.stop(budget_s=1.0)
+    summary = [r.getMessage() for r in caplog.records if "more packets from the mesh" in r.getMessage()]
+    assert len(summary) == 1 and summary[0].startswith(f"dropped {iface.publish_backlog.dropped - 1} more"), summary
     assert bot.link.status.reconnects == 0

@@ -233,6 +233,11 @@ class _HardenedStream:
     def alive(self) -> bool:
         return self.lost_cause is None and not self._closing
 
+    def _tell_what_was_counted(self) -> None:
+        """On close: the counts of summarised warnings are told now, not by a timer after the link is gone."""
+        self._undecodable.flush()
+        self.publish_backlog.flush()
+
     def _say_goodbye(self, transport_open: bool) -> None:
         """Start an intended close: a `disconnect` to a node that may be listening, then no
         loss is reported any more.
@@ -493,6 +498,7 @@ class OptimizedTCPInterface(_HardenedStream, TCPInterface):
         """An intended close: tell the node we are leaving, then close without reporting a loss."""
         self._say_goodbye(self.socket is not None)
         super().close()
+        self._tell_what_was_counted()
 
     def _writeBytes(self, b: bytes) -> None:
         sock = self.socket
@@ -583,6 +589,7 @@ class OptimizedSerialInterface(_HardenedStream, SerialInterface):
                     self.stream.cancel_read()  # the reader's select() returns now, not in 1 s
         # Not SerialInterface.close(): its two tcdrain() calls have no bound.
         StreamInterface.close(self)
+        self._tell_what_was_counted()
 
     def _disconnected(self) -> None:
         # The reader is exiting; it closes the stream. Under the write lock, so that no

@@ -285,3 +285,7 @@ class PublishBacklog:
             self.max_backlog,
         )
         return False
+
+    def flush(self) -> None:
+        """Tell the drops counted since the last line now (the link is closing)."""
+        self._warning.flush()
