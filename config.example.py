@@ -45,7 +45,7 @@ DM_RETRIES = 1
 DM_RETRY_DELAY_S = 30.0
 
 # --- Airtime budget and channel governor -----------------------------------
-# Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox). Expected: a number from 0.1 to 100.
+# Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox); any 10 minutes hold at most a third of it. Expected: a number from 0.1 to 100.
 AIRTIME_BUDGET_PCT = 5.0
 # Channel utilization (as the node reports it) over which broadcasts wait and a channel command gets one text. Expected: a number from 0 to 100.
 CHANNEL_UTIL_POLITE_PCT = 25.0

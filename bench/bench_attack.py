@@ -28,6 +28,7 @@ from typing import Optional
 from common import Row, percentile, print_table, start_bot, stop_bot
 
 from meshbot.config import Settings
+from meshbot.outbox.budget import SPREAD_RATE, SPREAD_WINDOW_S
 from meshbot.link.airtime import PRESETS, RadioParams
 from meshbot.sim.node import SimulatedNode, SimUser
 from meshbot.sim.weather import FakeOpenMeteo
@@ -56,14 +57,14 @@ class BotLog:
         return [line for line in list(self.lines) if re.search(pattern, line)]
 
 
-def worst_hour(texts: list[tuple[float, float]]) -> float:
-    """The most airtime any rolling hour holds: (start, seconds) per text, overlaps exact."""
+def worst_window(texts: list[tuple[float, float]], window: float = HOUR) -> float:
+    """The most airtime any rolling window holds: (start, seconds) per text, overlaps exact."""
     if not texts:
         return 0.0
-    edges = {t for at, d in texts for t in (at, at + d, at + HOUR, at + d + HOUR)}
+    edges = {t for at, d in texts for t in (at, at + d, at + window, at + d + window)}
 
     def held(end: float) -> float:
-        return sum(max(0.0, min(at + d, end) - max(at, end - HOUR)) for at, d in texts)
+        return sum(max(0.0, min(at + d, end) - max(at, end - window)) for at, d in texts)
 
     return max(held(end) for end in edges)
 
@@ -110,7 +111,10 @@ def run(quick: bool = False, minutes: Optional[float] = None) -> list[Row]:
             stop_bot(proc)
     texts = list(node.texts)
     on_air = [(t.at, radio.airtime_s(utf8_len(t.text))) for t in texts]
-    worst = worst_hour(on_air)
+    worst = worst_window(on_air)
+    worst_spread = worst_window(on_air, SPREAD_WINDOW_S)
+    spread_s = budget_s * SPREAD_RATE * SPREAD_WINDOW_S / HOUR
+    worst_minute = worst_window(on_air, 60.0)
     to_strangers = [t for t in texts if t.to != HONEST.num]
     stranger_air = sum(radio.airtime_s(utf8_len(t.text)) for t in to_strangers)
     warnings = [line for line in log.lines if " WARNING " in line]
@@ -124,6 +128,9 @@ def run(quick: bool = False, minutes: Optional[float] = None) -> list[Row]:
         Row(NAME, "bot airtime, worst rolling hour of the run", worst, "s", f"<= {budget_s:g}", worst <= budget_s + 1e-6),
         Row(NAME, f"  as % of the hour's budget (AIRTIME_BUDGET_PCT {budget_pct:g})", 100 * worst / budget_s, "%"),
         Row(NAME, "  as % of the run's own duration (channel share while attacked)", 100 * worst / duration, "%"),
+        Row(NAME, "bot airtime, worst 10 minutes (the budget's spread)", worst_spread, "s",
+            f"<= {spread_s:g}", worst_spread <= spread_s + 1e-6),
+        Row(NAME, "bot airtime, worst minute (as % of the minute)", 100 * worst_minute / 60.0, "%"),
         Row(NAME, "airtime of texts to strangers (share: half the budget)", stranger_air, "s",
             f"<= {budget_s / 2:g}", stranger_air <= budget_s / 2 + 1e-6),
         Row(NAME, f"honest DM /ping answered during the attack ({len(latencies)} of {len(latencies) + unanswered})",

@@ -492,7 +492,8 @@ class Settings:
     AIRTIME_BUDGET_PCT: float = _key(
         5.0,
         float,
-        "Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox).",
+        "Most of any rolling hour the bot's own texts may be on the air, in % (past it texts wait in the outbox); "
+        "any 10 minutes hold at most a third of it.",
         low=0.1,
         high=100,
     )

@@ -13,8 +13,10 @@ import random
 import time
 import types
 
+import pytest
+
 import handlers
-from meshbot.outbox.budget import AirtimeBudget, AirtimeLedger
+from meshbot.outbox.budget import SPREAD_WINDOW_S, AirtimeBudget, AirtimeLedger
 from meshbot.outbox.governor import Level
 from meshbot.outbox.policy import TextKind
 from meshbot.router import command
@@ -56,11 +58,16 @@ def long_module() -> types.ModuleType:
     return module
 
 
-def start(start_bot, node: SimulatedNode, clock: Clock, **settings):  # type: ignore[no-untyped-def]
-    """The bot with a tiny budget on the test's clock (swapped in before anything is sent)."""
+def start(start_bot, node: SimulatedNode, clock: Clock, spread: bool = False, **settings):  # type: ignore[no-untyped-def]
+    """The bot with a tiny budget on the test's clock (swapped in before anything is sent).
+
+    Without its ten-minute spread unless asked: these tests are about the hour, and a
+    third of 3.6 s holds no 150-byte text (each would go out alone)."""
     settings.setdefault("AIRTIME_BUDGET_PCT", TINY_BUDGET_PCT)
     bot = start_bot(node, modules=(*handlers.MODULES, long_module()), **settings)
-    bot.sender.budget = AirtimeBudget(settings["AIRTIME_BUDGET_PCT"], clock=clock)
+    bot.sender.budget = AirtimeBudget(
+        settings["AIRTIME_BUDGET_PCT"], clock=clock, spread_window_s=SPREAD_WINDOW_S if spread else None
+    )
     return bot
 
 
@@ -151,6 +158,60 @@ def test_per_requester_ledgers_are_forgotten_after_the_window():
     assert budget.requesters() == 0 and budget.spent() == 0.0
 
 
+class FixedClock:
+    """A clock that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_hours_budget_is_spread_over_at_least_half_an_hour():
+    clock = FixedClock()
+    budget = AirtimeBudget(5.0, clock=clock)  # the default: 180 s an hour, 60 s in any 10 minutes
+    assert budget.spread is not None and budget.spread.budget_s == 60.0
+    started, entries = clock.now, []
+    while clock.now < started + 3 * HOUR:  # a flood: always a 1.58 s text waiting, sent as soon as allowed
+        clock.now += budget.wait_s(1.58)
+        budget.record(1.58)
+        entries.append((clock.now, 1.58))
+        clock.now += 2.05  # the firmware's gap between two texts
+    assert worst_window(entries, HOUR) <= 180.0 + 1e-6
+    assert worst_window(entries, SPREAD_WINDOW_S) <= 60.0 + 1e-6
+    assert worst_window(entries, HOUR) > 180.0 - 2 * 1.58  # spread, not cut: the hour is still used
+    # From an empty ledger, the hour's budget takes at least half an hour to go out.
+    spent_at, total = [], 0.0
+    for at, cost in entries:
+        total += cost
+        if total > 180.0 - 1.58:
+            spent_at.append(at)
+            break
+    assert spent_at[0] - started >= 30 * 60 - SPREAD_WINDOW_S / 6
+
+
+def test_a_text_longer_than_the_ten_minutes_share_goes_out_alone():
+    clock = FixedClock()
+    budget = AirtimeBudget(TINY_BUDGET_PCT, clock=clock)  # 3.6 s an hour, 1.2 s in 10 minutes
+    assert budget.wait_s(1.58) == 0.0  # longer than 1.2 s, but nothing else is on air
+    budget.record(1.58)
+    assert budget.wait_s(0.1) == pytest.approx(SPREAD_WINDOW_S + 1.58)  # the ten minutes are its own
+    assert budget.hour_wait_s(0.1) == 0.0  # the hour has room: held by the spread alone
+    clock.now += SPREAD_WINDOW_S + 1.58
+    assert budget.wait_s(1.58) == 0.0
+    assert math.isinf(budget.wait_s(3.7))  # longer than the hour's whole budget: never
+
+
+def test_strangers_get_at_most_half_of_the_ten_minutes_too():
+    clock = FixedClock()
+    budget = AirtimeBudget(5.0, clock=clock)  # 60 s in 10 minutes: 30 s for strangers
+    while budget.stranger_wait_s(1.58) == 0:
+        budget.record(1.58, clock.now, stranger=True)
+        clock.now += 2.05
+    assert 30.0 - 1.58 < budget.spread_spent() <= 30.0
+    assert budget.wait_s(1.58) == 0.0  # a known node's reply still goes now
+
 # --- the outbox over TCP ------------------------------------------------------------------------
 def test_budget_holds_texts_and_sends_them_when_the_hour_has_passed(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
@@ -172,6 +233,23 @@ def test_budget_holds_texts_and_sends_them_when_the_hour_has_passed(node, start_
     # Each hour held no more than the budget.
     assert airtime(bot, texts[:2]) <= bot.sender.budget.budget_s
     assert bot.sender.budget.spent() == airtime(bot, texts[2:])
+
+
+def test_a_burst_is_held_for_its_ten_minutes_without_calling_the_hour_spent(node, start_bot, caplog):
+    caplog.set_level(logging.INFO, logger="meshbot")
+    clock = Clock()
+    bot = start(start_bot, node, clock, spread=True, AIRTIME_BUDGET_PCT=0.5)  # 18 s an hour, 6 s in 10 minutes
+    for i in range(5):
+        bot.sender.send(filler(i))  # 1.58 s each: three fit in 6 s
+    wait_until(lambda: "spread them out" in caplog.text, 15)
+    assert [t.text for t in node.texts] == [filler(i) for i in range(3)]
+    assert held_count(bot) == 2
+    note = next(r for r in caplog.records if "spread them out" in r.getMessage())
+    assert note.levelno == logging.INFO and "4.7 s on air in the last 10 minutes" in note.getMessage()
+    assert "airtime budget spent" not in caplog.text  # the hour has room: nothing for the operator to do
+    clock.skip(SPREAD_WINDOW_S)
+    texts = node.wait_texts(5, 15)
+    assert [t.text for t in texts] == [filler(i) for i in range(5)]
 
 
 def test_held_texts_still_expire_with_the_ttl(node, start_bot, caplog):
@@ -256,7 +334,7 @@ def test_strangers_together_get_at_most_half_the_budget(node, start_bot, caplog)
     bot = start(start_bot, node, clock, AIRTIME_BUDGET_PCT=0.2)  # 7.2 s: 3.6 s for strangers
     for i in range(6):
         node.user_text(0x0BAD0100 + i, "/ping", dm=True)  # six forged ids; 3.6 s takes four replies
-    wait_until(lambda: "strangers' share of the airtime budget spent" in caplog.text, 15)
+    wait_until(lambda: "strangers' share of the airtime budget used" in caplog.text, 15)
     known_id = node.user_text(ALICE, "/ping", dm=True)
     reply = wait_until(lambda: [t for t in node.texts if t.reply_id == known_id], 10)[0]
     to_strangers = [t for t in node.texts if t.to != ALICE]

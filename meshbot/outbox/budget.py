@@ -14,6 +14,14 @@ admission of the last text inside it, so no window ever holds more than the budg
 (at worst, a text that only grazes a window is counted whole in it: conservative by
 one text's airtime).
 
+The hour alone would let the whole budget go out in one burst: back to back, the bot's
+texts fill about 80 % of the channel on LONG_FAST, and 5 % of an hour is three minutes
+of that. So a second ledger spreads it out: any `SPREAD_WINDOW_S` (10 minutes) may hold
+at most `SPREAD_RATE` times its pro-rata share of the hour's budget (twice: a third of
+it), and the whole budget takes at least half an hour to spend. A text longer than that
+share (a tiny budget on a slow preset) goes out alone, once the ten minutes hold no
+other text.
+
 Times are whatever clock the caller passes (the outbox uses `time.monotonic()`);
 `AirtimeBudget` holds the clock so that tests can inject one.
 """
@@ -31,6 +39,8 @@ WINDOW_S = 3600.0
 # together: forged ids cost nothing, and without this bound a flood of them would spend
 # the whole hour before a known node asks anything.
 STRANGER_SHARE = 0.5
+SPREAD_WINDOW_S = 600.0
+SPREAD_RATE = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,19 @@ class AirtimeLedger:
             self._total = 0.0  # no float drift accumulates over days
 
 
+def _fits_at(hour: AirtimeLedger, spread: Optional[AirtimeLedger], now: float, cost: float) -> float:
+    """When a text of `cost` fits both an hour's ledger and its ten-minute spread."""
+    at = hour.fits_at(now, cost)
+    if spread is not None:
+        # Capped at the spread's whole share: a longer text needs the ten minutes empty.
+        # Both ledgers only free room as time passes, so the later time suits both.
+        at = max(at, spread.fits_at(now, min(cost, spread.budget_s)))
+    return at
+
+
 class AirtimeBudget:
-    """The bot's ledger, the strangers' share, and one ledger per requester (for fair
-    shares), on one clock.
+    """The bot's ledger, its spread over ten minutes, the strangers' share, and one
+    ledger per requester (for fair shares), on one clock.
 
     The per-requester ledgers hold only texts of the last window, and a requester is
     forgotten once its last text left it: memory is bounded by the texts one window
@@ -107,12 +127,22 @@ class AirtimeBudget:
         budget_pct: float,
         *,
         window_s: float = WINDOW_S,
+        spread_window_s: Optional[float] = SPREAD_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`spread_window_s` None: the hour's budget only (tests of the hour alone)."""
         self.clock = clock
         self.window_s = window_s
         self.total = AirtimeLedger(window_s * budget_pct / 100.0, window_s)
         self.strangers = AirtimeLedger(self.total.budget_s * STRANGER_SHARE, window_s)
+        # The strangers' share holds within the ten minutes too: a flood of forged ids
+        # cannot fill them and keep a known node waiting for the next ten.
+        self.spread: Optional[AirtimeLedger] = None
+        self.strangers_spread: Optional[AirtimeLedger] = None
+        if spread_window_s is not None:
+            share = self.total.budget_s * SPREAD_RATE * spread_window_s / window_s
+            self.spread = AirtimeLedger(share, spread_window_s)
+            self.strangers_spread = AirtimeLedger(share * STRANGER_SHARE, spread_window_s)
         self._by_requester: dict[Hashable, AirtimeLedger] = {}
 
     @property
@@ -123,8 +153,12 @@ class AirtimeBudget:
         """A text for `requester` (None: the bot's own) went on the air now (or at `at`)."""
         at = self.clock() if at is None else at
         self.total.record(at, seconds)
+        if self.spread is not None:
+            self.spread.record(at, seconds)
         if stranger:
             self.strangers.record(at, seconds)
+            if self.strangers_spread is not None:
+                self.strangers_spread.record(at, seconds)
         ledger = self._by_requester.get(requester)
         if ledger is None:
             ledger = self._by_requester[requester] = AirtimeLedger(math.inf, self.window_s)
@@ -144,15 +178,25 @@ class AirtimeBudget:
         return spent
 
     def wait_s(self, cost: float) -> float:
-        """Seconds until a text of `cost` seconds fits (0: now; math.inf: never)."""
+        """Seconds until a text of `cost` seconds fits both the hour and its spread (0: now;
+        math.inf: never)."""
         now = self.clock()
         self._prune(now)
+        return _fits_at(self.total, self.spread, now, cost) - now
+
+    def hour_wait_s(self, cost: float) -> float:
+        """Seconds until a text of `cost` seconds fits the hour's budget, spread aside."""
+        now = self.clock()
         return self.total.fits_at(now, cost) - now
+
+    def spread_spent(self) -> float:
+        """Airtime of the last ten minutes (0 without a spread)."""
+        return self.spread.spent(self.clock()) if self.spread is not None else 0.0
 
     def stranger_wait_s(self, cost: float) -> float:
         """Seconds until a text to a stranger of `cost` seconds fits the strangers' share."""
         now = self.clock()
-        return self.strangers.fits_at(now, cost) - now
+        return _fits_at(self.strangers, self.strangers_spread, now, cost) - now
 
     def requesters(self) -> int:
         return len(self._by_requester)

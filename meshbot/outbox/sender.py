@@ -197,6 +197,12 @@ class MessageSender:
         self.budget = budget or AirtimeBudget(settings.AIRTIME_BUDGET_PCT)
         self._budget_held = False  # "spent" was logged; "back" not yet
         self._strangers_held = False  # the same for the strangers' share
+        self._spreading = False  # texts wait for the ten minutes' share (budget.py), the hour has room
+        # A burst held back is ordinary under load: one INFO line per ten minutes at most.
+        self._spread_note = RepeatedWarning(
+            log, "airtime budget: spread out {count} more bursts in the last {seconds} s",
+            level=logging.INFO, interval_s=600.0,
+        )
         self._stranger_drops = 0
         self._stranger_drops_logged_at: Optional[float] = None
         # Texts we broadcast, so that an echo of one is not taken for a command.
@@ -530,6 +536,7 @@ class MessageSender:
         # fits in what is left of the hour and none answers a stranger, arrival order it is.
         contested = (
             self._budget_held
+            or self._spreading
             or self._strangers_held
             or any(item.kind is not TextKind.REPLY or not known(item.requester) for item in self._queue)
             or self.budget.spent() + sum(self._airtime(item.text) for item in self._queue) > self.budget.budget_s
@@ -559,14 +566,24 @@ class MessageSender:
             )
             return None, 0.0
         if wait > 0:
-            if not self._budget_held:
-                self._budget_held = True
-                log.warning(
-                    "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %s",
-                    self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s, counted(len(self._queue), "text"),
+            if self.budget.hour_wait_s(cost) > 0:
+                if not self._budget_held:
+                    self._budget_held = True
+                    log.warning(
+                        "airtime budget spent: %.1f s on air in the last hour (AIRTIME_BUDGET_PCT %g %% = %.1f s); holding %s",
+                        self.budget.spent(), self._settings.AIRTIME_BUDGET_PCT, self.budget.budget_s,
+                        counted(len(self._queue), "text"),
+                    )
+            elif not self._spreading:
+                self._spreading = True
+                self._spread_note.log(
+                    "airtime budget: %.1f s on air in the last 10 minutes, the most it lets into 10 minutes; "
+                    "holding %s for %.0f s to spread them out",
+                    self.budget.spread_spent(), counted(len(self._queue), "text"), wait,
                 )
             return None, wait
-        if self._budget_held and self.budget.wait_s(self.budget.budget_s * _BUDGET_BACK_SHARE) <= 0:
+        self._spreading = False
+        if self._budget_held and self.budget.hour_wait_s(self.budget.budget_s * _BUDGET_BACK_SHARE) <= 0:
             self._budget_held = False
             log.info(
                 "airtime budget back: %.1f s of %.1f s used in the last hour; sending %s held",
@@ -579,10 +596,11 @@ class MessageSender:
         back (with the same margin as the whole budget's)."""
         if held and not self._strangers_held:
             self._strangers_held = True
+            spread = self.budget.strangers_spread
             log.info(
-                "strangers' share of the airtime budget spent (%.0f s in the last hour): replies to nodes "
+                "strangers' share of the airtime budget used (%.0f s an hour%s): replies to nodes "
                 "that sent no NodeInfo wait",
-                self.budget.strangers.budget_s,
+                self.budget.strangers.budget_s, f", {spread.budget_s:.0f} s in any 10 minutes" if spread else "",
             )
         elif self._strangers_held and self.budget.stranger_wait_s(self.budget.strangers.budget_s * _BUDGET_BACK_SHARE) <= 0:
             self._strangers_held = False
