@@ -342,6 +342,25 @@ def test_strangers_together_get_at_most_half_the_budget(node, start_bot, caplog)
     assert reply.to == ALICE and len(to_strangers) == 4
 
 
+def test_texts_to_strangers_dropped_in_a_flood_are_one_line_then_a_count(node, start_bot, caplog):
+    caplog.set_level(logging.INFO, logger="meshbot")
+    clock = Clock()
+    bot = start(start_bot, node, clock, AIRTIME_BUDGET_PCT=0.2, OUTBOX_MAX=5, RATE_LIMIT_COUNT=100)
+    for i in range(30):
+        node.user_text(0x0BAD0200 + i, "/ping", dm=True)  # 30 forged ids: the outbox holds 5, the share sends 4
+    def all_placed() -> bool:  # every reply sent, held or dropped
+        stats = bot.sender.stats()
+        return stats.sent + stats.queued + stats.dropped == 30
+
+    wait_until(all_placed, 15)
+    dropped = bot.sender.stats().dropped
+    drops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropped")]
+    assert len(drops) == 1 and drops[0].startswith("dropped text to !0bad02") and "outbox full (5 texts)" in drops[0], drops
+    bot.stop(budget_s=1.0)  # what was counted is told when the bot stops, not lost
+    summary = [r for r in caplog.records if "more texts to unknown nodes" in r.getMessage()]
+    assert len(summary) == 1 and summary[0].levelno == logging.WARNING
+    assert summary[0].getMessage().startswith(f"dropped {dropped - 1} more texts to unknown nodes in the last"), summary[0].getMessage()
+
 # --- the channel governor ----------------------------------------------------------------------
 def test_polite_channel_one_text_on_channels_broadcasts_wait_schedule_skipped(node, start_bot, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")

@@ -90,7 +90,6 @@ _HOLD_RECHECK_S = 1.0
 # The budget counts as back once this share of it is free again: without the margin, a
 # budget kept full by a flood would log "spent" and "back" for every text.
 _BUDGET_BACK_SHARE = 0.1
-_DROP_SUMMARY_S = 60.0
 
 
 def describe_destination(to: int, channel: int) -> str:
@@ -203,8 +202,10 @@ class MessageSender:
             log, "airtime budget: spread out {count} more bursts in the last {seconds} s",
             level=logging.INFO, interval_s=600.0,
         )
-        self._stranger_drops = 0
-        self._stranger_drops_logged_at: Optional[float] = None
+        # Texts to strangers (a flood of forged ids) dropped: a line a minute of their own.
+        self._stranger_drop_warning = RepeatedWarning(
+            log, "dropped {count} more texts to unknown nodes in the last {seconds} s"
+        )
         # Texts we broadcast, so that an echo of one is not taken for a command.
         self._own_broadcasts = own_broadcasts
         self._cond = threading.Condition()
@@ -292,7 +293,7 @@ class MessageSender:
                 victims.append(victim)
                 del self._queue[index]
                 self._dropped[DropReason.OUTBOX_FULL] += 1
-                self._report_drop(victim, f"outbox full ({self._settings.OUTBOX_MAX} texts)", now, self._full_warning)
+                self._report_drop(victim, f"outbox full ({self._settings.OUTBOX_MAX} texts)", self._full_warning)
             # Into the store: the new texts not evicted at once, the evicted ones out of it.
             gone = {id(victim) for victim in victims}
             kept = [item for item in new if id(item) not in gone]
@@ -401,7 +402,7 @@ class MessageSender:
         if left:
             kept = "; kept for the next start" if durable else ""
             log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
-        for warning in (self._full_warning, self._expired_warning, self._refused_warning):
+        for warning in (self._full_warning, self._expired_warning, self._refused_warning, self._stranger_drop_warning):
             warning.flush()  # what was counted is told now, not lost with the process
 
     # --- events from the link (library threads: only record and notify) ---------------------
@@ -610,21 +611,12 @@ class MessageSender:
         radio = self._link.status.radio or radio_params(None)
         return radio.airtime_s(utf8_len(text))
 
-    def _report_drop(self, item: OutgoingText, why: str, now: float, warning: RepeatedWarning) -> None:
+    def _report_drop(self, item: OutgoingText, why: str, warning: RepeatedWarning) -> None:
         """Under the lock: a WARNING per dropped text (repeats of one kind counted, one line
         a minute); texts to strangers (a flood of forged ids) in a line a minute of their own."""
-        if not item.stranger:
-            warning.log("dropped %s: %s", item.label(), why)
-            return
-        self._stranger_drops += 1
-        logged_at = self._stranger_drops_logged_at
-        if logged_at is not None and now - logged_at < _DROP_SUMMARY_S:
-            return
-        log.warning(
-            "dropped %d text%s to unknown nodes (%s; last: %s)",
-            self._stranger_drops, "" if self._stranger_drops == 1 else "s", why, item.label(),
-        )
-        self._stranger_drops, self._stranger_drops_logged_at = 0, now
+        if item.stranger:
+            warning = self._stranger_drop_warning
+        warning.log("dropped %s: %s", item.label(), why)
 
     def _take_due_retries(self, now: float) -> None:
         """Under the lock: DMs whose delivery failed go back to the head of the queue."""
@@ -810,7 +802,7 @@ class MessageSender:
             if now - item.created > ttl:
                 self._dropped[DropReason.TTL] += 1
                 expired.append(item.row)
-                self._report_drop(item, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", now, self._expired_warning)
+                self._report_drop(item, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", self._expired_warning)
             else:
                 kept.append(item)
         self._queue = kept
