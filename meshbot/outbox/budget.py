@@ -14,13 +14,16 @@ admission of the last text inside it, so no window ever holds more than the budg
 (at worst, a text that only grazes a window is counted whole in it: conservative by
 one text's airtime).
 
-The hour alone would let the whole budget go out in one burst: back to back, the bot's
-texts fill about 80 % of the channel on LONG_FAST, and 5 % of an hour is three minutes
-of that. So a second ledger spreads it out: any `SPREAD_WINDOW_S` (10 minutes) may hold
-at most `SPREAD_RATE` times its pro-rata share of the hour's budget (twice: a third of
-it), and the whole budget takes at least half an hour to spend. A text longer than that
-share (a tiny budget on a slow preset) goes out alone, once the ten minutes hold no
-other text.
+The hour alone would let the whole budget go out in one burst: paced as closely as the
+firmware and PACE_BY_AIRTIME allow, the bot's texts fill about half of a LONG_FAST
+channel (bench_attack.py), and 5 % of an hour is six minutes of that. So a second
+ledger spreads it out: any `SPREAD_WINDOW_S` (10 minutes) may hold at most `SPREAD_RATE`
+times its pro-rata share of the hour's budget (twice: a third of it), and the whole
+budget takes at least half an hour to spend. A text longer than that share (a tiny
+budget on a slow preset) goes out alone, once the ten minutes hold no other text.
+Within the ten minutes the pace still allows a burst (half of one minute's air, at
+worst): a per-minute cap would also hold ordinary use (four users asking /forecast in
+the same minute), and the channel governor steps in when the node sees the channel busy.
 
 Times are whatever clock the caller passes (the outbox uses `time.monotonic()`);
 `AirtimeBudget` holds the clock so that tests can inject one.
