@@ -402,7 +402,9 @@ class MessageSender:
         if left:
             kept = "; kept for the next start" if durable else ""
             log.warning("shutdown: %d text%s not sent before the deadline%s", left, "" if left == 1 else "s", kept)
-        for warning in (self._full_warning, self._expired_warning, self._refused_warning, self._stranger_drop_warning):
+        for warning in (
+            self._full_warning, self._expired_warning, self._refused_warning, self._stranger_drop_warning, self._spread_note,
+        ):
             warning.flush()  # what was counted is told now, not lost with the process
 
     # --- events from the link (library threads: only record and notify) ---------------------
