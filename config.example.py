@@ -92,6 +92,13 @@ API_LISTEN = ''
 API_MAX_CLIENTS = 8
 # What API clients may do to the node: 'read' only get_* admin requests, 'full' everything (set, reboot...), 'none' no admin at all. Expected: one of 'read', 'full', 'none'.
 API_ADMIN = 'read'
+# Under API_ADMIN 'read' or 'none', still give API clients the channel keys (PSKs), which an app needs to show a channel's key or QR code; the node's private and admin keys and its passwords are removed regardless. Expected: True or False.
+API_SHARE_CHANNEL_KEYS = False
+# Client addresses API_LISTEN accepts, as addresses or networks (empty: any); others are closed at once. Expected: a list of addresses or networks like ['127.0.0.1', '192.168.1.0/24', 'fd00::/8'], or () for any.
+# e.g. API_ALLOW = ['127.0.0.1', '192.168.1.0/24']
+API_ALLOW = ()
+# Share of AIRTIME_BUDGET_PCT that API clients' packets may use together; the rest is kept for the bot's replies. Expected: a number from 0 to 100.
+API_AIRTIME_SHARE_PCT = 50.0
 
 # --- Weather ---------------------------------------------------------------
 # Open-Meteo forecast API that /weather asks. Expected: an http:// or https:// URL.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from meshbot.logs import redact_secrets
+from meshbot.netaddr import ALLOW_FORM, parse_allow
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +579,24 @@ class Settings:
         str,
         "What API clients may do to the node: 'read' only get_* admin requests, 'full' everything (set, reboot...), 'none' no admin at all.",
         choices=("read", "full", "none"),
+    )
+    API_SHARE_CHANNEL_KEYS: bool = _key(
+        False, bool,
+        "Under API_ADMIN 'read' or 'none', still give API clients the channel keys (PSKs), which an app needs to show"
+        " a channel's key or QR code; the node's private and admin keys and its passwords are removed regardless.",
+    )
+    API_ALLOW: tuple = _key(
+        (),
+        tuple,
+        "Client addresses API_LISTEN accepts, as addresses or networks (empty: any); others are closed at once.",
+        parse=parse_allow,
+        form=ALLOW_FORM,
+        example="API_ALLOW = ['127.0.0.1', '192.168.1.0/24']",
+    )
+    API_AIRTIME_SHARE_PCT: float = _key(
+        50.0, float,
+        "Share of AIRTIME_BUDGET_PCT that API clients' packets may use together; the rest is kept for the bot's replies.",
+        low=0, high=100,
     )
     # --- weather ---------------------------------------------------------------------
     WEATHER_API_URL: str = _key(

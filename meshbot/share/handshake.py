@@ -22,6 +22,7 @@ from typing import Optional
 from google.protobuf.message import DecodeError
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
 
+from meshbot.share.filter import SecretFilter
 from meshbot.share.framing import frame
 
 ONLY_CONFIG_NONCE = 69420  # the library's noNodes=True: no other nodes
@@ -33,7 +34,9 @@ _POSITION = portnums_pb2.PortNum.POSITION_APP
 class NodeSnapshot:
     """The node's state as a client's handshake needs it. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Optional[SecretFilter] = None) -> None:
+        """`secrets`: what clients may not see is stripped before it is kept (None: kept whole)."""
+        self._secrets = secrets
         self._lock = threading.Lock()
         self.complete = False  # a full handshake of the bot's has been seen
         self._my_info: Optional[mesh_pb2.MyNodeInfo] = None
@@ -66,11 +69,11 @@ class NodeSnapshot:
                 self._metadata = mesh_pb2.DeviceMetadata()
                 self._metadata.CopyFrom(message.metadata)
             elif kind == "channel":
-                self._channels[message.channel.index] = _copy(message)
+                self._channels[message.channel.index] = self._kept(message)
             elif kind == "config":
-                self._configs[message.config.WhichOneof("payload_variant") or ""] = _copy(message)
+                self._configs[message.config.WhichOneof("payload_variant") or ""] = self._kept(message)
             elif kind == "moduleConfig":
-                self._module_configs[message.moduleConfig.WhichOneof("payload_variant") or ""] = _copy(message)
+                self._module_configs[message.moduleConfig.WhichOneof("payload_variant") or ""] = self._kept(message)
             elif kind == "deviceuiConfig":
                 self._ui = _copy(message)
             elif kind == "fileInfo" and not self.complete:
@@ -109,6 +112,12 @@ class NodeSnapshot:
                 info.snr = packet.rx_snr
             if packet.hop_start:
                 info.hops_away = max(0, packet.hop_start - packet.hop_limit)
+
+    def _kept(self, message: mesh_pb2.FromRadio) -> mesh_pb2.FromRadio:
+        copy = _copy(message)
+        if self._secrets is not None:
+            self._secrets.strip(copy)
+        return copy
 
     def _reset(self) -> None:
         self.complete = False

@@ -30,13 +30,15 @@ import time
 from typing import Any, Callable, Optional
 
 from meshtastic import BROADCAST_NUM
-from meshtastic.protobuf import mesh_pb2, portnums_pb2
+from meshtastic.protobuf import mesh_pb2, portnums_pb2, xmodem_pb2
 
 from meshbot.config import API_LISTEN_FORM, Settings, split_host_port
 from meshbot.link.interface import LinkLost, TxQueueFull
 from meshbot.link.owner import LinkState, LinkStatus, NodeLink
 from meshbot.outbox.sender import MessageSender, OutgoingText
+from meshbot.logs import RepeatedWarning
 from meshbot.share.admin import ADMIN_PORT, admin_refusal
+from meshbot.share.filter import FULL_ONLY, SecretFilter, refusal_of
 from meshbot.share.framing import frame
 from meshbot.share.handshake import NodeSnapshot
 from meshbot.share.session import ClientSession
@@ -96,7 +98,14 @@ class ApiServer:
         self._outbox_ttl_s = settings.OUTBOX_TTL_S
         self._link = link
         self._sender = sender
-        self.snapshot = NodeSnapshot()
+        self._secrets = SecretFilter(settings.API_ADMIN, settings.API_SHARE_CHANNEL_KEYS)
+        self.snapshot = NodeSnapshot(self._secrets)
+        # Who gets the node's XModem and MQTT-proxy frames: the last client that sent one.
+        self._answer_to: dict[str, ClientSession] = {}
+        # A client may try these in a loop: one line, then a count a minute.
+        self._refused_note = RepeatedWarning(
+            log, "refused {count} more frames from API clients in the last {seconds} s", level=logging.INFO
+        )
         self._lock = threading.Lock()
         # Replaced, never changed in place: the reader thread iterates it without the lock.
         self._sessions: tuple[ClientSession, ...] = ()
@@ -271,8 +280,18 @@ class ApiServer:
             session.close("client disconnected")
         elif kind == "packet":
             self._client_packet(session, message.packet)
-        elif kind is not None:
+        elif kind in FULL_ONLY:
+            refusal = refusal_of(kind, self._admin_mode)
+            if refusal is not None:
+                self._refused_note.log("refused %s from API client %s", refusal, session.address)
+                if kind == "xmodemPacket":  # the transfer is over, as XModem says it
+                    cancel = xmodem_pb2.XModem(control=xmodem_pb2.XModem.Control.CAN)
+                    session.send(frame(mesh_pb2.FromRadio(xmodemPacket=cancel).SerializeToString()))
+                return
+            with self._lock:
+                self._answer_to[kind] = session
             self._to_node(session, message, 0)
+        # Anything else (a kind this library version does not know) is nothing an app needs.
 
     def _client_packet(self, session: ClientSession, packet: mesh_pb2.MeshPacket) -> None:
         if not packet.id:  # the firmware gives a packet without an id one
@@ -347,7 +366,7 @@ class ApiServer:
                 # answers to nobody.
                 owner = self._owners.get(decoded.request_id) if decoded.request_id else None
                 if owner is not None:
-                    owner.send(frame(raw))
+                    owner.send(self._client_bytes(raw, message, kind))
                 return
             self._broadcast(frame(raw))
         elif kind == "queueStatus":
@@ -358,9 +377,14 @@ class ApiServer:
                 owner.pending_texts.pop(status.mesh_packet_id, None)
                 owner.send(frame(raw))
         elif kind in _SNAPSHOT_KINDS:
-            snapshot.note_frame(message, kind)
+            snapshot.note_frame(message, kind)  # stripped of secrets there
             if kind == "node_info" and snapshot.complete:
                 self._broadcast(frame(raw))
+        elif kind in FULL_ONLY:
+            # The answer to one client's file transfer or MQTT proxying: that client's only.
+            owner = self._answer_to.get(kind)
+            if owner is not None and not owner.closed:
+                owner.send_if_ready(frame(raw))
         elif kind not in (None, "rebooted") and snapshot.complete:
             self._broadcast(frame(raw))  # log records, client notifications...
 
@@ -390,6 +414,15 @@ class ApiServer:
         for session in self._sessions:
             if session is not origin:
                 session.send_if_ready(data)
+
+    def _client_bytes(self, raw: bytes, message: mesh_pb2.FromRadio, kind: Optional[str]) -> bytes:
+        """The frame as a client may see it: the node's bytes, or a copy without secrets."""
+        if self._secrets.may_hold_secrets(kind, message):
+            copy = mesh_pb2.FromRadio()
+            copy.CopyFrom(message)
+            if self._secrets.strip(copy):
+                return frame(copy.SerializeToString())
+        return frame(raw)
 
     def _broadcast(self, data: bytes) -> None:
         for session in self._sessions:

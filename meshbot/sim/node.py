@@ -8,7 +8,9 @@ pair standing in for the USB cable, see `attach_serial()`), and reproduces what 
 the notes disagree, the notes are right and this module is the bug.
 
 * the config handshake: my_info (with `reboot_count`), metadata (with
-  `firmware_version`), own node_info, 8 channels, config and module config, the other
+  `firmware_version`), own node_info, 8 channels, config and module config (with the
+  secrets a real node sends: private and admin keys, Wi-Fi and MQTT passwords, channel
+  PSKs; `prefs.py`, which also answers get_config/channel admin requests and XModem), the other
   node_infos, config_complete_id (nonce 69420: no nodes; 69421: nodes only), then what
   the node kept for the phone, then a queueStatus about packet 0;
 * one TCP client at a time: a new client force-closes the previous one;
@@ -61,7 +63,9 @@ from typing import Any, Callable, Optional, Protocol, Union
 
 from google.protobuf.message import DecodeError
 from meshtastic import BROADCAST_NUM
-from meshtastic.protobuf import admin_pb2, channel_pb2, config_pb2, mesh_pb2, module_config_pb2, portnums_pb2
+from meshtastic.protobuf import admin_pb2, config_pb2, mesh_pb2, portnums_pb2
+
+from meshbot.sim.prefs import NodeSecrets
 
 log = logging.getLogger(__name__)
 
@@ -393,6 +397,8 @@ class NodeCounters:
     ignored_repeats: int = 0
     metadata_requests: int = 0
     phone_queue_dropped: int = 0
+    xmodem_frames: int = 0
+    mqtt_proxy_frames: int = 0
 
 
 def parse_version(version: str) -> tuple[int, ...]:
@@ -468,6 +474,8 @@ class SimulatedNode:
         self.sim_echo = sim_echo
         self.status_after_handshake = status_after_handshake
         self.reboot_count = 3
+        # The settings a real node sends its client whole, secrets included (prefs.py).
+        self.secrets = NodeSecrets()
         self.counters = NodeCounters()
         self.texts: list[SentText] = []
         self.refused: list[int] = []  # ids of texts the rate limit dropped
@@ -764,6 +772,16 @@ class SimulatedNode:
             self._handle_packet(client, to_radio.packet)
         elif kind == "disconnect":
             self._close_client(client, rst=False)
+        elif kind == "xmodemPacket":
+            self.counters.xmodem_frames += 1
+            self._send(client, self._from_radio(xmodemPacket=self.secrets.xmodem_answer(to_radio.xmodemPacket)))
+        elif kind == "mqttClientProxyMessage":
+            self.counters.mqtt_proxy_frames += 1  # a message "from the broker": nothing to answer
+
+    def mqtt_proxy_publish(self, topic: str, data: bytes) -> bool:
+        """What a node with `mqtt.proxy_to_client_enabled` hands its client to publish."""
+        message = mesh_pb2.MqttClientProxyMessage(topic=topic, data=data)
+        return self._to_phone([self._from_radio(mqttClientProxyMessage=message)])
 
     def _handle_packet(self, client: _Client, packet: mesh_pb2.MeshPacket) -> None:
         self.counters.packets += 1
@@ -906,9 +924,11 @@ class SimulatedNode:
             return
         if not self.old_firmware:
             self._send(client, self._queue_status(packet.id, 0))
+        answer = self.secrets.admin_answer(request)
         if request.get_device_metadata_request:
             self.counters.metadata_requests += 1
             answer = admin_pb2.AdminMessage(get_device_metadata_response=self._metadata())
+        if answer is not None:
             reply = mesh_pb2.MeshPacket(to=self.node_num, id=self._new_packet_id(), channel=0)
             setattr(reply, "from", self.node_num)
             reply.decoded.portnum = portnums_pb2.PortNum.ADMIN_APP
@@ -968,18 +988,8 @@ class SimulatedNode:
             frames.append(self._from_radio(metadata=self._metadata()))
         frames.append(self._from_radio(node_info=self._node_info(own)))
         if nonce != NODES_ONLY_NONCE:
-            for index in range(8):
-                channel = channel_pb2.Channel(index=index)
-                if index == 0:
-                    channel.role = channel_pb2.Channel.Role.PRIMARY
-                    channel.settings.psk = b"\x01"
-                elif index == 1:
-                    channel.role = channel_pb2.Channel.Role.SECONDARY
-                    channel.settings.name = "Local"
-                    channel.settings.psk = bytes(range(16))
-                else:
-                    channel.role = channel_pb2.Channel.Role.DISABLED
-                frames.append(self._from_radio(channel=channel))
+            for index in range(8):  # whole, PSKs included, as the firmware sends them
+                frames.append(self._from_radio(channel=self.secrets.channel(index)))
             lora = config_pb2.Config.LoRaConfig(
                 use_preset=True,
                 modem_preset=config_pb2.Config.LoRaConfig.ModemPreset.Value(self.modem_preset),
@@ -991,10 +1001,10 @@ class SimulatedNode:
                 config_pb2.Config(device=config_pb2.Config.DeviceConfig()),
                 config_pb2.Config(position=config_pb2.Config.PositionConfig()),
                 config_pb2.Config(lora=lora),
-                config_pb2.Config(network=config_pb2.Config.NetworkConfig(wifi_enabled=True)),
+                *self.secrets.configs(),  # network, bluetooth, security: with their secrets
             ):
                 frames.append(self._from_radio(config=config))
-            frames.append(self._from_radio(moduleConfig=module_config_pb2.ModuleConfig(mqtt=module_config_pb2.ModuleConfig.MQTTConfig())))
+            frames.append(self._from_radio(moduleConfig=self.secrets.mqtt()))
         if nonce != NODELESS_NONCE:
             frames.extend(self._from_radio(node_info=self._node_info(u)) for u in self.users.values() if u.in_db)
         frames.append(self._from_radio(config_complete_id=nonce))
