@@ -110,6 +110,9 @@ class RepeatedWarning:
     more undecodable frames in the last {seconds} s") and the next interval starts. A
     flood therefore costs one line a minute, and a burst that stopped is still told, by a
     timer thread that exists only while a count is pending. Thread-safe.
+
+    `burst` lets the first few events of an interval through in full (connect lines of a
+    network service: a handful a minute is ordinary and worth reading, a storm is not).
     """
 
     def __init__(
@@ -120,8 +123,11 @@ class RepeatedWarning:
         level: int = logging.WARNING,
         interval_s: float = SUMMARY_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        burst: int = 1,
     ) -> None:
         self._logger = logger
+        self._burst = max(1, burst)
+        self._logged = 0  # lines in full in the current interval
         self._summary = summary
         self._level = level
         self._interval_s = interval_s
@@ -143,6 +149,9 @@ class RepeatedWarning:
                 return
             if over:
                 self._window_start = now
+                self._logged = 0
+            if self._logged < self._burst and not self._count:
+                self._logged += 1
                 self._logger.log(self._level, msg, *args, stacklevel=2)  # the caller's file and line
                 return
             self._count += 1
@@ -178,6 +187,7 @@ class RepeatedWarning:
         self._logger.log(self._level, self._summary.format(count=self._count, seconds=f"{seconds:.0f}"))
         self._count = 0
         self._window_start = now  # the summary line opens the next interval
+        self._logged = self._burst  # ... and counts as its line in full: the storm may go on
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

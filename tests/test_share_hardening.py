@@ -168,3 +168,127 @@ def test_api_admin_full_gets_the_node_whole(node: SimulatedNode, start_bot: Call
         assert answer.get_config_response.security.private_key == node.secrets.private_key
     finally:
         client.close()
+
+
+def test_api_allow_closes_other_addresses_at_accept(node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot, port = start_shared(start_bot, node, API_ALLOW=["10.0.0.0/8"])
+    outsiders = [RawClient(port) for _ in range(5)]
+    try:
+        for client in outsiders:
+            assert client.closed_by_peer()
+        lines = [r.getMessage() for r in caplog.records if "not in API_ALLOW" in r.getMessage()]
+        assert lines and len(lines) <= 6 and lines[0].startswith("refused API client 127.0.0.1:"), lines
+        assert bot.share is not None and bot.share.client_count() == 0
+    finally:
+        for client in outsiders:
+            client.close()
+
+
+def test_api_allow_admits_listed_addresses(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
+    bot, port = start_shared(start_bot, node, API_ALLOW=["10.0.0.0/8", "127.0.0.1"])
+    client = RawClient(port)
+    try:
+        assert any(m.HasField("my_info") for m in client.handshake())
+    finally:
+        client.close()
+
+
+def test_a_bad_api_allow_is_a_config_error_naming_the_key() -> None:
+    from meshbot.config import ConfigError, build_settings
+
+    for bad in (["192.168.1.7/24"], ["not an address"], [42], "10.0.0.0/33"):
+        with pytest.raises(ConfigError, match="API_ALLOW"):
+            build_settings(dict(NODE_HOST="127.0.0.1", API_ALLOW=bad))
+    settings = build_settings(dict(NODE_HOST="127.0.0.1", API_ALLOW=["127.0.0.1", "fd00::/8"]))
+    assert settings.API_ALLOW == ("127.0.0.1/32", "fd00::/8")
+
+
+def test_a_client_must_ask_for_its_handshake_in_time_and_one_address_has_two_connections(
+    node: SimulatedNode, start_bot: Callable[..., Bot]
+) -> None:
+    bot, port = start_shared(start_bot, node)
+    assert bot.share is not None
+    bot.share.handshake_timeout_s = 0.5  # 30 s in service
+    silent, talker = RawClient(port), RawClient(port)
+    try:
+        talker.handshake()
+        third = RawClient(port)  # a third connection from 127.0.0.1: closed at once
+        assert third.closed_by_peer(2.0)
+        third.close()
+        # Stray bytes are no handshake and renew nothing: the silent one is closed.
+        silent.sock.sendall(b"\x00" * 16)
+        assert silent.closed_by_peer()
+        # The idle timeout still applies after a handshake, not this deadline.
+        talker.send(heartbeat=mesh_pb2.Heartbeat())
+        talker.read_until(lambda m: m.HasField("queueStatus"))
+        assert bot.share.client_count() == 1
+    finally:
+        silent.close()
+        talker.close()
+
+
+def test_the_port_stays_bound_and_listening_while_the_link_is_down(
+    node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot, port = start_shared(start_bot, node)
+    node.stop_listening(2.0)
+    wait_until(lambda: bot.share is not None and not bot.share.listening, 5)
+    # Another local account tries to take the port while the link is down (on main: it
+    # could, and the bot then logged a traceback a second once the link was back).
+    thief = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        with pytest.raises(OSError):
+            thief.bind(("127.0.0.1", port))
+            thief.listen()
+    finally:
+        thief.close()
+    early = RawClient(port)  # accepted and closed at once while the link is down
+    assert early.closed_by_peer()
+    early.close()
+    assert node.wait_connected(10, handshakes=2)
+    wait_until(lambda: bot.share is not None and bot.share.listening, 10)
+    client = RawClient(port)
+    try:
+        assert any(m.HasField("my_info") for m in client.handshake())
+    finally:
+        client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_taken_port_is_one_error_then_quiet_retries(
+    node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshbot")
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        taken = holder.getsockname()[1]
+        bot = start_bot(node, API_LISTEN=f"127.0.0.1:{taken}")
+        wait_until(lambda: any("cannot listen on API_LISTEN" in r.getMessage() for r in caplog.records), 5)
+        time.sleep(1.5)  # what a loop a second would log meanwhile (a bound on lines, not a timing)
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is None, [r.getMessage() for r in errors]
+        assert bot.share is not None and not bot.share.bound
+        ping_answered(node)  # the bot works meanwhile, unshared
+    finally:
+        holder.close()
+
+
+def test_repeated_warning_burst_lets_a_few_lines_through_then_summarises(caplog: pytest.LogCaptureFixture) -> None:
+    from meshbot.logs import RepeatedWarning
+
+    now = [0.0]
+    logger = logging.getLogger("meshbot.test.burst")
+    caplog.set_level(logging.INFO, logger="meshbot.test.burst")
+    note = RepeatedWarning(logger, "{count} more in {seconds} s", level=logging.INFO, burst=3, clock=lambda: now[0])
+    for i in range(10):
+        note.log("connect %d", i)
+    note.flush()
+    assert [r.getMessage() for r in caplog.records] == ["connect 0", "connect 1", "connect 2", "7 more in 0 s"]
+    now[0] = 61.0
+    note.log("connect %d", 10)  # a new minute: in full again
+    assert caplog.records[-1].getMessage() == "connect 10"

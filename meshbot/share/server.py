@@ -12,8 +12,16 @@ the one connection and shares it instead. Nothing here opens a socket to the nod
   that the firmware's 2 s text rule holds for everyone behind the one connection; other
   packets through `NodeLink.send_to_radio`; admin messages filtered by API_ADMIN;
   heartbeats and `disconnect` answered here;
-* while the link is down, clients are closed and new ones refused (the port stays bound
-  but does not listen, so a connect is refused at once, as by a node that is off).
+* while the link is down, clients are closed, and a new one is accepted and closed at
+  once (the app sees the node go away and retries later). The socket stays bound and
+  listening all the time: a port released or merely bound (not listening) while the link
+  is down could be taken by another local account, which would then get the phone app's
+  connection -- and the bot's own listen() would fail once the link is back. A bind that
+  fails at start (the port is taken) is one ERROR, then retried quietly with backoff;
+* who may connect (`gate.py`): API_ALLOW, API_MAX_CLIENTS, at most 2 connections per
+  address; a client that has not asked for its handshake within 30 s is closed, one
+  that then sends no frame for 15 minutes too (as the node does). Connect and
+  disconnect lines are summarised past a few a minute.
 
 The server knows nothing of commands: the bot wires it in `meshbot.app` when API_LISTEN
 is set.
@@ -40,6 +48,7 @@ from meshbot.logs import RepeatedWarning
 from meshbot.share.admin import ADMIN_PORT, admin_refusal
 from meshbot.share.filter import FULL_ONLY, SecretFilter, refusal_of
 from meshbot.share.framing import frame
+from meshbot.share.gate import Gate
 from meshbot.share.handshake import NodeSnapshot
 from meshbot.share.session import ClientSession
 from meshbot.text import counted, format_duration
@@ -48,13 +57,18 @@ log = logging.getLogger(__name__)
 
 # The firmware closes a TCP client that sent nothing for 15 minutes (TCP_IDLE_TIMEOUT_MS).
 IDLE_TIMEOUT_S = 15 * 60.0
+# A client that connected must ask for its config this soon: an app does at once, and a
+# socket that never does only holds a client slot.
+HANDSHAKE_TIMEOUT_S = 30.0
 # Texts one client may have waiting in the outbox: the node's TX queue holds 16 packets.
 MAX_PENDING_TEXTS = 8
 # Packet ids remembered to route the node's answers (queueStatus, admin responses) back.
 _OWNED_IDS = 4096
 _POLL_S = 0.2
 _KERNEL_SNDBUF = 64 * 1024
-_REBIND_EVERY_S = 5.0
+# A failed bind is tried again after this, doubling up to the longest.
+_REBIND_FIRST_S = 5.0
+_REBIND_MAX_S = 300.0
 # The firmware's ErrorCode for "not queued" in a queueStatus (ERRNO_UNKNOWN).
 _ERRNO_UNKNOWN = 32
 _TEXT = portnums_pb2.PortNum.TEXT_MESSAGE_APP
@@ -92,9 +106,10 @@ class ApiServer:
     ) -> None:
         self._host, self._port = split_host_port(settings.API_LISTEN, API_LISTEN_FORM)
         self.listen_address = settings.API_LISTEN
-        self._max_clients = settings.API_MAX_CLIENTS
         self._admin_mode = settings.API_ADMIN
+        self._gate = Gate(settings.API_ALLOW, settings.API_MAX_CLIENTS)
         self.idle_timeout_s = idle_timeout_s
+        self.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
         self._outbox_ttl_s = settings.OUTBOX_TTL_S
         self._link = link
         self._sender = sender
@@ -112,10 +127,10 @@ class ApiServer:
         self._owners: collections.OrderedDict[int, ClientSession] = collections.OrderedDict()
         self._link_up = False
         self._free, self._maxlen = 16, 16  # the node's TX queue, from its last queueStatus
-        self._socket: Optional[socket.socket] = None  # bound; listening while `_listening`
-        self._listening = False
-        self._stale = False  # stopped listening; the accept thread replaces the socket
-        self._last_bind_try = -_REBIND_EVERY_S
+        self._socket: Optional[socket.socket] = None  # bound and listening, from the first bind on
+        self._serving = False  # "serving" was logged, "not serving" not since
+        self._next_bind_at = 0.0
+        self._rebind_s = _REBIND_FIRST_S
         self._bind_error = ""
         self.port: Optional[int] = None  # the bound port (API_LISTEN may say 0 in tests)
         self._rng = random.Random()
@@ -137,6 +152,8 @@ class ApiServer:
         for session in self._sessions:
             session.close("the bot is stopping")
         self._close_socket()
+        self._gate.flush()
+        self._refused_note.flush()
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -146,24 +163,30 @@ class ApiServer:
 
     @property
     def listening(self) -> bool:
-        """Whether clients are accepted now (the link is up and the node's config known)."""
-        return self._listening
+        """Whether clients are served now (the link is up and the node's config known);
+        the socket itself listens all the time once bound."""
+        return self._socket is not None and self._link_up and self.snapshot.complete
+
+    @property
+    def bound(self) -> bool:
+        return self._socket is not None
 
     # --- the accept thread -----------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._reconcile()
-                sock = self._socket if self._listening else None
-                if sock is None:
+                self._note_serving()
+                sock = self._socket
+                if sock is None and not self._bind():
                     self._stop.wait(_POLL_S)
-                else:
+                elif sock is not None:
                     try:
                         conn, peer = sock.accept()
                     except socket.timeout:
                         pass
-                    except OSError:
-                        pass  # stopped listening meanwhile (the link went down)
+                    except OSError as exc:  # EMFILE and the like: the next try may work
+                        log.debug("accept on API_LISTEN failed: %s", exc)
+                        self._stop.wait(_POLL_S)
                     else:
                         self._admit(conn, peer)
                 self._close_idle()
@@ -171,30 +194,26 @@ class ApiServer:
                 log.exception("unexpected error in the API server")
                 self._stop.wait(1.0)
 
-    def _reconcile(self) -> None:
-        """Listen exactly while the link is up and the node's config is known."""
-        with self._lock:
-            if self._stale:
-                # Stopped listening when the link went down: a socket cannot listen again
-                # after that, so hold the port with a new one, bound but not listening.
-                self._stale = False
-                self._close_socket()
-                self._bind()
-            if self._link_up and self.snapshot.complete and not self._listening:
-                if self._socket is None and not self._bind():
-                    return
-                assert self._socket is not None
-                self._socket.listen(self._max_clients)
-                self._listening = True
-                log.info("serving the node's API on %s:%s (API_ADMIN = %r)", self._host, self.port, self._admin_mode)
+    def _note_serving(self) -> None:
+        """One INFO line when serving starts, one when it stops (the link went down)."""
+        serving = self.listening
+        if serving == self._serving:
+            return
+        self._serving = serving
+        if serving:
+            log.info("serving the node's API on %s:%s (API_ADMIN = %r)", self._host, self.port, self._admin_mode)
+        else:
+            log.info(
+                "not serving the node's API on %s:%s while the link is down (the port stays ours)", self._host, self.port
+            )
 
     def _bind(self) -> bool:
+        """Bind and listen, at most once per backoff step; one ERROR per cause, then quiet."""
         now = time.monotonic()
         if self._socket is not None:
             return True
-        if self._bind_error and now - self._last_bind_try < _REBIND_EVERY_S:
-            return False  # failed lately: the port is someone else's for now
-        self._last_bind_try = now
+        if now < self._next_bind_at:
+            return False
         try:
             # The port got the first time (API_LISTEN may say 0): clients come back to it.
             family, kind, proto, _, address = socket.getaddrinfo(
@@ -202,20 +221,29 @@ class ApiServer:
             )[0]
             sock = socket.socket(family, kind, proto)
             try:
+                # SO_REUSEADDR: a restart binds while old connections are in TIME_WAIT. On a
+                # listening socket it lets nobody else bind the port.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(address)
+                sock.listen(self._gate.max_clients)
             except OSError:
                 sock.close()
                 raise
         except OSError as exc:
             cause = exc.strerror or str(exc)
+            self._next_bind_at = now + self._rebind_s
             if cause != self._bind_error:
-                log.error("cannot listen on API_LISTEN = %r: %s; retrying every %.0f s", self.listen_address, cause, _REBIND_EVERY_S)
+                log.error(
+                    "cannot listen on API_LISTEN = %r: %s; retrying quietly (every %.0f s at first, then less often)",
+                    self.listen_address, cause, self._rebind_s,
+                )
                 self._bind_error = cause
+            self._rebind_s = min(_REBIND_MAX_S, self._rebind_s * 2)
             return False
         if self._bind_error:
             log.info("API_LISTEN %s bound after all", self.listen_address)
             self._bind_error = ""
+        self._rebind_s = _REBIND_FIRST_S
         sock.settimeout(_POLL_S)
         self._socket = sock
         self.port = sock.getsockname()[1]
@@ -223,17 +251,16 @@ class ApiServer:
 
     def _close_socket(self) -> None:
         sock, self._socket = self._socket, None
-        self._listening = False
         if sock is not None:
             sock.close()
 
     def _admit(self, conn: socket.socket, peer: Any) -> None:
-        address = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-        if not self._link_up:
-            conn.close()
-            return
-        if len(self._sessions) >= self._max_clients:
-            log.info("refused API client %s: API_MAX_CLIENTS (%d) connected already", address, self._max_clients)
+        host = str(peer[0])
+        address = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        with self._lock:
+            refusal = self._gate.refusal(host, self._sessions, serving=self.listening)
+        if refusal is not None:
+            self._gate.refused(address, refusal)
             conn.close()
             return
         conn.settimeout(None)
@@ -242,17 +269,19 @@ class ApiServer:
         # A fixed kernel buffer (no autotuning up to megabytes): with the session's own
         # bound, what a client that stops reading can hold is known.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _KERNEL_SNDBUF)
-        session = ClientSession(conn, address, self)
+        session = ClientSession(conn, address, self, host=host)
         with self._lock:
             self._sessions = self._sessions + (session,)
             count = len(self._sessions)
-        log.info("API client %s connected (%s)", address, counted(count, "client"))
+        self._gate.note("API client %s connected (%s)", address, counted(count, "client"))
         session.start()
 
     def _close_idle(self) -> None:
         now = time.monotonic()
         for session in self._sessions:
-            if now - session.last_rx > self.idle_timeout_s:
+            if not session.ready and now - session.connected_at > self.handshake_timeout_s:
+                session.close(f"no handshake within {format_duration(self.handshake_timeout_s)}")
+            elif now - session.last_rx > self.idle_timeout_s:
                 session.close(f"sent nothing for {format_duration(now - session.last_rx)}")
 
     # --- sessions (their reader threads) ------------------------------------------------------
@@ -260,7 +289,7 @@ class ApiServer:
         with self._lock:
             self._sessions = tuple(s for s in self._sessions if s is not session)
             count = len(self._sessions)
-        log.info(
+        self._gate.note(
             "API client %s disconnected after %s: %s (%s)",
             session.address, format_duration(time.monotonic() - session.connected_at), session.close_reason,
             counted(count, "client"),
@@ -336,17 +365,6 @@ class ApiServer:
         up = status.state is LinkState.UP
         with self._lock:
             self._link_up = up
-            if not up and self._listening and self._socket is not None:
-                # Refuse new clients at once, as a node that is off does: SHUT_RD stops a
-                # listening socket (and resets connections waiting in its backlog) without
-                # closing the descriptor the accept thread is using.
-                try:
-                    self._socket.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
-                self._listening = False
-                self._stale = True
-                log.info("not serving the node's API on %s while the link is down", self.listen_address)
         if not up:
             for session in self._sessions:
                 session.close("link to the node is down")

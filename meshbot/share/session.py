@@ -45,9 +45,10 @@ class SessionHandler(Protocol):
 class ClientSession:
     """One accepted connection. `send()` may be called from any thread and never blocks."""
 
-    def __init__(self, sock: socket.socket, address: str, handler: SessionHandler) -> None:
+    def __init__(self, sock: socket.socket, address: str, handler: SessionHandler, *, host: str = "") -> None:
         self.sock = sock
         self.address = address
+        self.host = host  # the address without the port: the per-address limit counts it
         self._handler = handler
         self._cond = threading.Condition()
         self._out: list[bytes] = []
@@ -134,12 +135,15 @@ class ClientSession:
                 if not data:
                     self.close("client closed the connection")
                     break
-                self.last_rx = time.monotonic()
                 try:
                     payloads = reader.feed(data)
                 except FrameError as exc:
                     self.close(f"garbage: {exc}")
                     break
+                if payloads:
+                    # A frame, not any byte, counts as activity (as the firmware's
+                    # lastContactMsec): stray bytes now and then cannot hold a slot.
+                    self.last_rx = time.monotonic()
                 for payload in payloads:
                     if not self._take(payload):
                         break
