@@ -209,10 +209,11 @@ def test_a_client_must_ask_for_its_handshake_in_time_and_one_address_has_two_con
 ) -> None:
     bot, port = start_shared(start_bot, node)
     assert bot.share is not None
+    talker = RawClient(port)
+    talker.handshake()
     bot.share.handshake_timeout_s = 0.5  # 30 s in service
-    silent, talker = RawClient(port), RawClient(port)
+    silent = RawClient(port)
     try:
-        talker.handshake()
         third = RawClient(port)  # a third connection from 127.0.0.1: closed at once
         assert third.closed_by_peer(2.0)
         third.close()
@@ -292,3 +293,50 @@ def test_repeated_warning_burst_lets_a_few_lines_through_then_summarises(caplog:
     now[0] = 61.0
     note.log("connect %d", 10)  # a new minute: in full again
     assert caplog.records[-1].getMessage() == "connect 10"
+
+
+def _nodeinfo_packet(num: int, name: str) -> mesh_pb2.MeshPacket:
+    packet = mesh_pb2.MeshPacket(to=0xFFFFFFFF, id=num ^ 0x0F0F0F0F, rx_time=int(time.time()))
+    setattr(packet, "from", num)
+    packet.decoded.portnum = 4  # NODEINFO_APP
+    packet.decoded.payload = mesh_pb2.User(id=f"!{num:08x}", long_name=name, short_name=name[:4]).SerializeToString()
+    return packet
+
+
+def test_the_client_node_list_is_bounded_by_node_db_max(node: SimulatedNode, start_bot: Callable[..., Bot]) -> None:
+    bot, port = start_shared(start_bot, node, NODE_DB_MAX=10)
+    forged = [_nodeinfo_packet(0x0BAD0000 + i, f"forged {i}") for i in range(300)]
+    node.deliver_many(forged)
+    honest = _nodeinfo_packet(0x1A2B3C77, "Honest")
+    node.deliver(honest)  # heard last: the most recent
+    client = RawClient(port)
+    try:
+        wait_until(lambda: any(m.node_info.num == 0x1A2B3C77 for m in client.handshake(69421) if m.HasField("node_info")), 10)
+        nodes = [m.node_info.num for m in client.handshake(69421) if m.HasField("node_info")]
+        assert nodes[0] == OWN and nodes[1] == 0x1A2B3C77 and len(nodes) == 1 + 10, nodes
+        assert nodes[2:] == [0x0BAD0000 + i for i in range(299, 290, -1)]  # the most recently heard
+        my_info = [m.my_info for m in client.handshake() if m.HasField("my_info")][0]
+        assert my_info.nodedb_count == 11
+    finally:
+        client.close()
+
+
+def test_the_snapshot_keeps_the_most_recent_of_a_handshake_over_the_bound() -> None:
+    from meshbot.share.handshake import NodeSnapshot
+
+    snapshot = NodeSnapshot(max_nodes=2)
+    frames = [mesh_pb2.FromRadio(my_info=mesh_pb2.MyNodeInfo(my_node_num=OWN))]
+    frames += [mesh_pb2.FromRadio(node_info=mesh_pb2.NodeInfo(num=n)) for n in (OWN, 0xA1, 0xA2, 0xA3)]  # most recent first
+    frames.append(mesh_pb2.FromRadio(config_complete_id=7))
+    for message in frames:
+        snapshot.note_frame(message, message.WhichOneof("payload_variant") or "")
+    data = snapshot.compose(69421)
+    assert data is not None
+    nums = []
+    while data:
+        length = int.from_bytes(data[2:4], "big")
+        message = mesh_pb2.FromRadio.FromString(data[4 : 4 + length])
+        if message.HasField("node_info"):
+            nums.append(message.node_info.num)
+        data = data[4 + length :]
+    assert nums == [OWN, 0xA1, 0xA2]

@@ -11,10 +11,16 @@ moduleConfig, the other node_infos, the file manifest, config_complete_id -- whe
 
 Updates run on the library's reader thread: each is a few dictionary writes under a lock
 that a client's handshake holds only to copy the messages out.
+
+The node list is bounded like the bot's own node DB (`NODE_DB_MAX`, the own node not
+counted): sender ids cost nothing to invent on a mesh, and every forged NodeInfo would
+otherwise stay in this copy and in every client's handshake (100,000 of them: 9.2 MB per
+handshake). Past the bound the least recently heard node goes; the own node always stays.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Optional
@@ -34,9 +40,11 @@ _POSITION = portnums_pb2.PortNum.POSITION_APP
 class NodeSnapshot:
     """The node's state as a client's handshake needs it. Thread-safe."""
 
-    def __init__(self, secrets: Optional[SecretFilter] = None) -> None:
-        """`secrets`: what clients may not see is stripped before it is kept (None: kept whole)."""
+    def __init__(self, secrets: Optional[SecretFilter] = None, max_nodes: int = 2000) -> None:
+        """`secrets`: what clients may not see is stripped before it is kept (None: kept whole);
+        `max_nodes`: most other nodes kept (NODE_DB_MAX)."""
         self._secrets = secrets
+        self.max_nodes = max_nodes
         self._lock = threading.Lock()
         self.complete = False  # a full handshake of the bot's has been seen
         self._my_info: Optional[mesh_pb2.MyNodeInfo] = None
@@ -46,7 +54,9 @@ class NodeSnapshot:
         self._configs: dict[str, mesh_pb2.FromRadio] = {}
         self._module_configs: dict[str, mesh_pb2.FromRadio] = {}
         self._files: list[mesh_pb2.FromRadio] = []
-        self._nodes: dict[int, mesh_pb2.NodeInfo] = {}  # in the node's order, the own node first
+        self._own: Optional[mesh_pb2.NodeInfo] = None
+        # The other nodes, least recently heard first (the node sends its DB most recent first).
+        self._nodes: collections.OrderedDict[int, mesh_pb2.NodeInfo] = collections.OrderedDict()
 
     @property
     def own_num(self) -> Optional[int]:
@@ -64,7 +74,7 @@ class NodeSnapshot:
             elif kind == "node_info":
                 info = mesh_pb2.NodeInfo()
                 info.CopyFrom(message.node_info)
-                self._nodes[info.num] = info
+                self._note_node(info)
             elif kind == "metadata":
                 self._metadata = mesh_pb2.DeviceMetadata()
                 self._metadata.CopyFrom(message.metadata)
@@ -103,6 +113,9 @@ class NodeSnapshot:
                 if user is None:
                     return  # the firmware adds a node to its DB once it knows who it is
                 info = self._nodes[sender] = mesh_pb2.NodeInfo(num=sender)
+                self._trim()
+            else:
+                self._nodes.move_to_end(sender)  # heard now: the most recent
             if user is not None:
                 info.user.CopyFrom(user)
             if position is not None:
@@ -112,6 +125,28 @@ class NodeSnapshot:
                 info.snr = packet.rx_snr
             if packet.hop_start:
                 info.hops_away = max(0, packet.hop_start - packet.hop_limit)
+
+    def _note_node(self, info: mesh_pb2.NodeInfo) -> None:
+        """Under the lock: a node_info frame, from a handshake or live."""
+        if self._my_info is not None and info.num == self._my_info.my_node_num:
+            self._own = info
+            return
+        known = info.num in self._nodes
+        self._nodes[info.num] = info
+        if not self.complete and not known:
+            # The node's own handshake lists its DB most recently heard first: each one
+            # heard before the ones already kept. A full copy takes no older ones.
+            if len(self._nodes) > self.max_nodes:
+                del self._nodes[info.num]
+                return
+            self._nodes.move_to_end(info.num, last=False)
+        elif self.complete:
+            self._nodes.move_to_end(info.num)  # a live update: the node just heard it
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._nodes) > self.max_nodes:
+            self._nodes.popitem(last=False)
 
     def _kept(self, message: mesh_pb2.FromRadio) -> mesh_pb2.FromRadio:
         copy = _copy(message)
@@ -123,7 +158,8 @@ class NodeSnapshot:
         self.complete = False
         self._my_info = self._ui = self._metadata = None
         self._channels, self._configs, self._module_configs = {}, {}, {}
-        self._files, self._nodes = [], {}
+        self._files, self._own = [], None
+        self._nodes = collections.OrderedDict()
 
     # --- what a client gets (client threads) ---------------------------------------------------
     def compose(self, nonce: int) -> Optional[bytes]:
@@ -131,14 +167,13 @@ class NodeSnapshot:
         with self._lock:
             if not self.complete or self._my_info is None:
                 return None
-            own_num = self._my_info.my_node_num
-            own = self._nodes.get(own_num)
-            others = [info for num, info in self._nodes.items() if num != own_num]
+            own = self._own
+            others = list(reversed(self._nodes.values()))  # the firmware's order: most recent first
             messages: list[mesh_pb2.FromRadio] = []
             if nonce != ONLY_NODES_NONCE:
                 my_info = mesh_pb2.MyNodeInfo()
                 my_info.CopyFrom(self._my_info)
-                my_info.nodedb_count = len(self._nodes)
+                my_info.nodedb_count = len(self._nodes) + (own is not None)
                 messages.append(mesh_pb2.FromRadio(my_info=my_info))
                 if self._ui is not None:
                     messages.append(self._ui)

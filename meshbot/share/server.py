@@ -114,7 +114,7 @@ class ApiServer:
         self._link = link
         self._sender = sender
         self._secrets = SecretFilter(settings.API_ADMIN, settings.API_SHARE_CHANNEL_KEYS)
-        self.snapshot = NodeSnapshot(self._secrets)
+        self.snapshot = NodeSnapshot(self._secrets, settings.NODE_DB_MAX)
         # Who gets the node's XModem and MQTT-proxy frames: the last client that sent one.
         self._answer_to: dict[str, ClientSession] = {}
         # A client may try these in a loop: one line, then a count a minute.
