@@ -285,7 +285,7 @@ def test_three_clients_handshakes_traffic_echo_and_admin(node: SimulatedNode, st
             client.close()
 
 
-def test_client_texts_paced_with_the_bots_and_ahead_of_its_replies(start_bot: Callable[..., Bot]) -> None:
+def test_client_texts_paced_with_the_bots_and_taking_turns_with_its_replies(start_bot: Callable[..., Bot]) -> None:
     with SimulatedNode(text_rate_limit_s=2.0) as node:
         bot, port = start_shared(start_bot, node, MIN_TEXT_INTERVAL_S=2.5)  # the default
         client = RawClient(port)
@@ -298,8 +298,9 @@ def test_client_texts_paced_with_the_bots_and_ahead_of_its_replies(start_bot: Ca
             for i in range(2, 5):  # a tight loop
                 client.packet(0xFFFFFFFF, f"app {i}", packet_id=0x33330000 + i)
             texts = node.wait_texts(5, 20)
-            assert [t.text for t in texts[:4]] == ["app 1", "app 2", "app 3", "app 4"]
-            assert texts[4].text.startswith("pong")
+            # The pong waited for one client text, not for all of them.
+            assert [t.text[:4] for t in texts] == ["app ", "pong", "app ", "app ", "app "]
+            assert [t.text for t in texts if t.text.startswith("app")] == ["app 1", "app 2", "app 3", "app 4"]
             gaps = [later.at - earlier.at for earlier, later in zip(texts, texts[1:])]
             assert min(gaps) >= 2.0, gaps
             assert node.counters.rate_limited == 0
@@ -454,21 +455,25 @@ def test_api_admin_modes() -> None:
     assert admin_refusal(get, "none") == "get_config_request"
 
 
-def test_client_texts_are_not_held_or_charged_by_the_bots_airtime_budget(node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture) -> None:
+def test_client_packets_count_against_the_clients_share_and_leave_the_rest_to_the_bot(
+    node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="meshbot")
-    bot, port = start_shared(start_bot, node, AIRTIME_BUDGET_PCT=0.1)  # 3.6 s an hour
+    # 18 s an hour, 6 s in any 10 minutes; the clients' half: 3 s in 10 minutes.
+    bot, port = start_shared(start_bot, node, AIRTIME_BUDGET_PCT=0.5)
     client = RawClient(port)
     try:
         client.handshake()
-        for i in range(3):  # 1.6 s on air each: the budget (or its ten-minute spread) holds the rest
-            bot.sender.send(f"filler {i:02d} ".ljust(150, "x"))
-        wait_until(lambda: "airtime budget" in caplog.text and "holding" in caplog.text, 15)
-        spent, held = bot.sender.budget.spent(), len(node.texts)
-        client.packet(0xFFFFFFFF, "a person's own words", packet_id=0x55550001)
-        texts = node.wait_texts(held + 1, 10)
-        assert texts[held].text == "a person's own words"
-        wait_until(lambda: bot.sender.stats().sent == held + 1, 5)  # its verdict is in
-        assert bot.sender.budget.spent() == spent
-        assert bot.sender.stats().queued == 3 - held  # the bot's held texts still wait for its budget
+        # A position (no text) goes through the outbox too, and is charged.
+        client.packet(0xFFFFFFFF, portnum=3, payload=mesh_pb2.Position(latitude_i=1).SerializeToString(), packet_id=0x55550000)
+        client.read_until(lambda m: m.HasField("queueStatus") and m.queueStatus.mesh_packet_id == 0x55550000)
+        wait_until(lambda: bot.sender.budget.clients.spent(time.monotonic()) > 0, 5)
+        for i in range(1, 5):  # 1.95 s on air each: one fits the clients' ten minutes
+            client.packet(0xFFFFFFFF, f"flood {i} ".ljust(200, "x"), packet_id=0x55550000 + i)
+        wait_until(lambda: "API clients' share of the airtime budget used" in caplog.text, 15)
+        before = len(node.texts)
+        ping_answered(node)  # the bot's part of the budget is still there
+        assert [t.text[:7] for t in node.texts[:before]] == ["flood 1"]
+        wait_until(lambda: bot.sender.stats().queued == 3, 5)  # the client's other texts wait for its share
     finally:
         client.close()

@@ -340,3 +340,41 @@ def test_the_snapshot_keeps_the_most_recent_of_a_handshake_over_the_bound() -> N
             nums.append(message.node_info.num)
         data = data[4 + length :]
     assert nums == [OWN, 0xA1, 0xA2]
+
+
+def _statuses(client: RawClient, packet_id: int, count: int) -> list[int]:
+    """The `res` of the next `count` queueStatus frames about `packet_id`, in arrival order."""
+    out = []
+    for _ in range(count):
+        status = client.read_until(lambda m: m.HasField("queueStatus") and m.queueStatus.mesh_packet_id == packet_id, 10)
+        out.append(status.queueStatus.res)
+    return out
+
+
+def test_a_packet_id_used_already_is_refused_at_once_and_stalls_nobody(
+    node: SimulatedNode, start_bot: Callable[..., Bot], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot, port = start_shared(start_bot, node)
+    client, other = RawClient(port), RawClient(port, source="127.0.0.2")
+    try:
+        client.handshake()
+        other.handshake()
+        for i in range(5):  # one id, five texts: on main all five entered the outbox
+            client.packet(0xFFFFFFFF, f"same id {i}", packet_id=0x77770001)
+        results = _statuses(client, 0x77770001, 5)
+        assert results.count(0) == 1 and len([r for r in results if r]) == 4, results
+        other.packet(0xFFFFFFFF, "another client, the same id", packet_id=0x77770001)
+        assert _statuses(other, 0x77770001, 1)[0] != 0
+        # The id of the bot's own reply (every client sees it): the node would drop it unanswered.
+        node.user_text(0x1A2B3C01, "/ping")
+        pong = other.read_until(lambda m: m.HasField("packet") and m.packet.decoded.payload.startswith(b"pong"))
+        other.packet(0xFFFFFFFF, "the bot's id", packet_id=pong.packet.id)
+        assert _statuses(other, pong.packet.id, 1)[0] != 0
+        ping_answered(node)
+        assert [t.text for t in node.texts if t.text.startswith("same id")] == ["same id 0"]
+        assert node.counters.ignored_repeats == 0  # nothing the node had to drop unanswered
+        assert "no status from the node" not in caplog.text
+    finally:
+        client.close()
+        other.close()

@@ -25,6 +25,11 @@ Within the ten minutes the pace still allows a burst (half of one minute's air, 
 worst): a per-minute cap would also hold ordinary use (four users asking /forecast in
 the same minute), and the channel governor steps in when the node sees the channel busy.
 
+Clients of the shared node API (API_LISTEN) get their own share, `client_share` of the
+budget (API_AIRTIME_SHARE_PCT, half by default), hour and spread alike, and their packets
+count against the whole budget too: what they leave is the bot's, and they can never
+take the part kept for its replies.
+
 Times are whatever clock the caller passes (the outbox uses `time.monotonic()`);
 `AirtimeBudget` holds the clock so that tests can inject one.
 """
@@ -132,6 +137,7 @@ class AirtimeBudget:
         window_s: float = WINDOW_S,
         spread_window_s: Optional[float] = SPREAD_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        client_share: float = 0.5,
     ) -> None:
         """`spread_window_s` None: the hour's budget only (tests of the hour alone)."""
         self.clock = clock
@@ -146,18 +152,31 @@ class AirtimeBudget:
             share = self.total.budget_s * SPREAD_RATE * spread_window_s / window_s
             self.spread = AirtimeLedger(share, spread_window_s)
             self.strangers_spread = AirtimeLedger(share * STRANGER_SHARE, spread_window_s)
+        # API clients' packets, together (a person's own messages, but any client may flood).
+        self.clients = AirtimeLedger(self.total.budget_s * client_share, window_s)
+        self.clients_spread: Optional[AirtimeLedger] = None
+        if self.spread is not None:
+            self.clients_spread = AirtimeLedger(self.spread.budget_s * client_share, self.spread.window_s)
         self._by_requester: dict[Hashable, AirtimeLedger] = {}
 
     @property
     def budget_s(self) -> float:
         return self.total.budget_s
 
-    def record(self, seconds: float, requester: Hashable = None, *, stranger: bool = False, at: Optional[float] = None) -> None:
-        """A text for `requester` (None: the bot's own) went on the air now (or at `at`)."""
+    def record(
+        self, seconds: float, requester: Hashable = None, *, stranger: bool = False, at: Optional[float] = None,
+        client: bool = False,
+    ) -> None:
+        """A text for `requester` (None: the bot's own) went on the air now (or at `at`);
+        `client`: a packet of an API client, also booked in the clients' share."""
         at = self.clock() if at is None else at
         self.total.record(at, seconds)
         if self.spread is not None:
             self.spread.record(at, seconds)
+        if client:
+            self.clients.record(at, seconds)
+            if self.clients_spread is not None:
+                self.clients_spread.record(at, seconds)
         if stranger:
             self.strangers.record(at, seconds)
             if self.strangers_spread is not None:
@@ -200,6 +219,13 @@ class AirtimeBudget:
         """Seconds until a text to a stranger of `cost` seconds fits the strangers' share."""
         now = self.clock()
         return _fits_at(self.strangers, self.strangers_spread, now, cost) - now
+
+    def client_wait_s(self, cost: float) -> float:
+        """Seconds until an API client's packet of `cost` fits both the clients' share and
+        the whole budget (math.inf: longer than the clients' whole share)."""
+        now = self.clock()
+        own = _fits_at(self.clients, self.clients_spread, now, cost)
+        return max(own, _fits_at(self.total, self.spread, now, cost)) - now
 
     def requesters(self) -> int:
         return len(self._by_requester)

@@ -56,7 +56,7 @@ from meshbot.link.airtime import radio_params
 from meshbot.link.interface import LinkLost, QueueReport, TxQueueFull
 from meshbot.link.owner import LinkStatus, NodeLink
 from meshbot.logs import RepeatedWarning
-from meshbot.outbox import policy
+from meshbot.outbox import clients, policy
 from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.outbox.governor import ChannelGovernor
@@ -123,10 +123,12 @@ class OutgoingText:
 
     @property
     def from_client(self) -> bool:
-        """A person's own message through the shared API: paced, not charged to the bot's budget."""
+        """A packet of a client of the shared API: paced, charged to the clients' share (clients.py)."""
         return self.client_packet is not None
 
     def label(self) -> str:
+        if self.client_packet is not None and not clients.is_text(self.client_packet):
+            return f"API client's {clients.describe(self.client_packet)} to {describe_destination(self.to, self.channel)}"
         preview = self.text if len(self.text) <= 40 else self.text[:39] + "…"
         return f"text to {describe_destination(self.to, self.channel)} {preview!r}"
 
@@ -193,7 +195,15 @@ class MessageSender:
         self._state = state or StateStore(None)
         # Both public so that /status can read them and tests can give the budget a clock.
         self.governor = governor or ChannelGovernor(settings, link)
-        self.budget = budget or AirtimeBudget(settings.AIRTIME_BUDGET_PCT)
+        self.budget = budget or AirtimeBudget(
+            settings.AIRTIME_BUDGET_PCT, client_share=settings.API_AIRTIME_SHARE_PCT / 100.0
+        )
+        # Shared node API (clients.py): ids written on this connection, whose turn it is,
+        # and the client to tell when the outbox refuses its packet after accepting it.
+        self._written = clients.WrittenIds()
+        self._last_was_client = False
+        self._clients_held = False
+        self.client_refused_listener: Optional[Callable[[mesh_pb2.MeshPacket, str], None]] = None
         self._budget_held = False  # "spent" was logged; "back" not yet
         self._strangers_held = False  # the same for the strangers' share
         self._spreading = False  # texts wait for the ten minutes' share (budget.py), the hour has room
@@ -307,26 +317,32 @@ class MessageSender:
             self._cond.notify_all()
         return len(chunks)
 
-    def send_client_text(self, packet: mesh_pb2.MeshPacket) -> bool:
-        """Queue a text of a client of the shared node API; False when shutting down.
+    def send_client_packet(self, packet: mesh_pb2.MeshPacket) -> Optional[str]:
+        """Queue a packet of a client of the shared node API; None if queued, else why not.
 
-        It goes ahead of the bot's queued replies (after other clients' texts, in order),
-        paced with them by the firmware's 2 s rule, with the client's own packet id so the
-        node's queueStatus and the mesh's ACK/NAK name it for the client.
+        It waits its turn with the bot's texts (they alternate), paced by the firmware's
+        2 s rule and charged to the clients' share of the airtime budget, with the
+        client's own packet id so that the node's queueStatus and the mesh's ACK/NAK name
+        it for the client. An id the node would drop unanswered is refused here.
         """
+        text = packet.decoded.payload.decode("utf-8", "replace") if clients.is_text(packet) else ""
         item = OutgoingText(
-            packet.decoded.payload.decode("utf-8", "replace"), packet.to, packet.channel,
-            packet.decoded.reply_id or None, time.monotonic(), client_packet=packet,
+            text, packet.to, packet.channel, packet.decoded.reply_id or None, time.monotonic(), client_packet=packet,
         )
         with self._cond:
             if self._stopping:
-                return False
-            index = 0
-            while index < len(self._queue) and self._queue[index].from_client:
-                index += 1
-            self._queue.insert(index, item)
+                return "the bot is stopping"
+            if self._id_in_use(packet.id):
+                return "packet id used already on the node's connection"
+            self._queue.append(item)
             self._cond.notify_all()
-        return True
+        return None
+
+    def _id_in_use(self, packet_id: int) -> bool:
+        """Under the lock: would the node drop this id unanswered, or is it queued already?"""
+        if packet_id == self._inflight_id or self._written.seen(self._link.interface, packet_id):
+            return True
+        return any(item.client_packet is not None and item.client_packet.id == packet_id for item in self._queue)
 
     def airtime_used(self) -> tuple[float, float]:
         """(seconds on air in the last hour, the hour's budget in seconds), for /status."""
@@ -431,7 +447,7 @@ class MessageSender:
                     self._last_accepted = None
                     self._sent -= 1
                     self._state.count("sent", -1)
-                    self._airtime_s -= self._airtime(item.text)
+                    self._airtime_s -= self._cost(item)
                     self._delivery.forget(request_id)
                     self._reject(item, "rate limited by the node", time.monotonic())
                     self._cond.notify_all()
@@ -518,15 +534,62 @@ class MessageSender:
             return item, iface
 
     def _select(self, iface: Any) -> tuple[Optional[int], float]:
-        """Under the lock: the index of the text to send now, or None and how long to hold."""
-        if self._queue and self._queue[0].from_client:
-            # A person's own text from a client of the shared node API (queued at the head):
-            # paced like every text, never held by the bot's budget or channel policy.
-            return 0, 0.0
+        """Under the lock: the index of the text to send now, or None and how long to hold.
+
+        API clients' packets and the bot's texts take turns while both wait (clients.py).
+        """
+        client_index, client_hold = self._client_ready()
+        if client_index is not None and not self._last_was_client:
+            return client_index, 0.0
+        index, hold = self._select_bot(iface)
+        if index is not None or client_index is None:
+            return index, min(hold, client_hold)
+        return self._client_ready()  # the bot's turn, but nothing of its may go: the client's
+
+    def _client_ready(self) -> tuple[Optional[int], float]:
+        """Under the lock: the first API client packet, if the clients' share lets it go now."""
+        for index, item in enumerate(self._queue):
+            if not item.from_client:
+                continue
+            wait = self.budget.client_wait_s(self._cost(item))
+            if math.isinf(wait):
+                del self._queue[index]
+                self._dropped[DropReason.OVER_BUDGET] += 1
+                self._client_refused(item, "longer on air than the API clients' whole airtime share")
+                return None, 0.0
+            if wait > 0:
+                if not self._clients_held:
+                    self._clients_held = True
+                    log.info(
+                        "API clients' share of the airtime budget used (%.0f s an hour, API_AIRTIME_SHARE_PCT %g %%):"
+                        " their packets wait", self.budget.clients.budget_s, self._settings.API_AIRTIME_SHARE_PCT,
+                    )
+                return None, wait
+            if self._clients_held:
+                self._clients_held = False
+                log.info("API clients' share of the airtime budget is back")
+            return index, 0.0
+        return None, math.inf
+
+    def _client_refused(self, item: OutgoingText, why: str) -> None:
+        """Under the lock: a client packet the outbox will not send; its client is told."""
+        log.info("not sending %s: %s", item.label(), why)
+        if self.client_refused_listener is not None and item.client_packet is not None:
+            self.client_refused_listener(item.client_packet, why)
+
+    def _cost(self, item: OutgoingText) -> float:
+        """Seconds on air of a queued text or client packet."""
+        if item.client_packet is None or clients.is_text(item.client_packet):
+            return self._airtime(item.text)
+        radio = self._link.status.radio or radio_params(None)
+        return radio.airtime_s(clients.payload_len(item.client_packet))
+
+    def _select_bot(self, iface: Any) -> tuple[Optional[int], float]:
+        """Under the lock: the index of the bot's text to send now, or None and how long to hold."""
         level = self.governor.level()
 
         def eligible(item: OutgoingText) -> bool:
-            return self.governor.permits(level, item.to, item.kind)
+            return not item.from_client and self.governor.permits(level, item.to, item.kind)
 
         known_cache: dict[Optional[int], bool] = {}
 
@@ -629,7 +692,17 @@ class MessageSender:
 
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
         if item.client_packet is not None:
+            with self._cond:
+                self._last_was_client = True
+                if self._written.seen(iface, item.client_packet.id):
+                    # Written since it was queued (another client, the bot): the node would
+                    # drop it without a word.
+                    self._client_refused(item, "packet id used already on the node's connection")
+                    return
             item.unconfirmed_id = item.client_packet.id
+        else:
+            with self._cond:
+                self._last_was_client = False
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         if item.unconfirmed_id is None:
             # Stored before the write: a text the node may have got when this process dies
@@ -673,7 +746,9 @@ class MessageSender:
             return
         written_at = time.monotonic()
         with self._cond:
-            report = self._await_verdict(iface, packet_id, written_at)
+            self._written.add(iface, packet_id)
+            bound = clients.CLIENT_VERDICT_S if item.from_client else None
+            report = self._await_verdict(iface, packet_id, written_at, bound)
             self._inflight_id = None
             if report is None:  # link lost before the node said anything
                 item.unconfirmed_id = packet_id
@@ -682,7 +757,7 @@ class MessageSender:
             why = self._refusal(report)
             if why is None:
                 # Counted from when the node's word arrived, not from the write: see above.
-                self._next_send_at = report.at + self._gap(item.text, iface)
+                self._next_send_at = report.at + self._gap(item, iface)
                 self._accepted(packet_id, item, report.at)
             else:
                 self._reject(item, why, report.at)
@@ -690,22 +765,23 @@ class MessageSender:
         if early is not None:
             self.routing(*early)
 
-    def _await_verdict(self, iface: Any, packet_id: int, written_at: float) -> Optional[QueueReport]:
+    def _await_verdict(
+        self, iface: Any, packet_id: int, written_at: float, bound_s: Optional[float] = None
+    ) -> Optional[QueueReport]:
         """Under the lock: the node's queueStatus for the in-flight packet; None if the link
-        died first. Firmware that never sends one: a successful write is all we will know."""
+        died first. Firmware that never sends one: a successful write is all we will know.
+        `bound_s`: a shorter wait (an API client's packet, clients.py)."""
         if not iface.answers_queue_status:
             return QueueReport(packet_id, 0, 0, 0, written_at)
         # The link's own timeout ends a silent node's link; this bound only covers a node
         # that answers probes but not this packet, so that the outbox never stalls.
-        give_up_at = time.monotonic() + self._settings.LINK_TIMEOUT_S
+        wait_s = self._settings.LINK_TIMEOUT_S if bound_s is None else min(bound_s, self._settings.LINK_TIMEOUT_S)
+        give_up_at = time.monotonic() + wait_s
         while self._inflight_report is None and not self._inflight_rate_limited:
             if not iface.alive:
                 return None
             if time.monotonic() >= give_up_at:
-                log.warning(
-                    "no status from the node %g s after %s; assuming it was sent",
-                    self._settings.LINK_TIMEOUT_S, self._inflight_label,
-                )
+                log.warning("no status from the node %g s after %s; assuming it was sent", wait_s, self._inflight_label)
                 return QueueReport(packet_id, 0, 0, 0, time.monotonic())
             self._cond.wait(0.25)
         return self._inflight_report or QueueReport(packet_id, 0, 0, 0, time.monotonic())
@@ -736,10 +812,13 @@ class MessageSender:
         self._sent += 1
         self._state.done([item.row], "sent")
         item.row = None
-        self._airtime_s += self._airtime(item.text)
-        stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
-        if not item.from_client:  # a client's text is not the bot's to budget
-            self.budget.record(self._airtime(item.text), item.requester, stranger=stranger)
+        cost = self._cost(item)
+        self._airtime_s += cost
+        if item.from_client:  # the clients' share, and the whole budget (clients.py)
+            self.budget.record(cost, clients.CLIENTS, client=True)
+        else:
+            stranger = item.kind is TextKind.REPLY and not is_known_node(self._link.interface, item.requester)
+            self.budget.record(cost, item.requester, stranger=stranger)
         self._last_accepted = (packet_id, item)
         self._recent_ids[packet_id] = item.label()
         if len(self._recent_ids) > _RECENT_IDS:
@@ -783,14 +862,13 @@ class MessageSender:
         self._queue.appendleft(item)
         self._cond.notify_all()
 
-    def _gap(self, text: str, iface: Any) -> float:
-        """Least time from the node's word on this text to the next text."""
+    def _gap(self, item: OutgoingText, iface: Any) -> float:
+        """Least time from the node's word on this text (or client packet) to the next one."""
         gap = self._settings.MIN_TEXT_INTERVAL_S
         if enforces_text_limit(iface.firmware_version):
             gap = max(gap, FIRMWARE_TEXT_INTERVAL_S + _TEXT_LIMIT_MARGIN_S)
-        radio = self._link.status.radio
-        if self._settings.PACE_BY_AIRTIME and radio is not None:
-            gap = max(gap, radio.airtime_s(utf8_len(text)))
+        if self._settings.PACE_BY_AIRTIME and self._link.status.radio is not None:
+            gap = max(gap, self._cost(item))
         return gap
 
     def _expire(self, now: float) -> None:

@@ -8,10 +8,14 @@ the one connection and shares it instead. Nothing here opens a socket to the nod
   reader thread; each is appended to the send buffer of every client that finished its
   handshake (admin answers and queueStatus only to the client they are about);
 * handshake: answered from `NodeSnapshot`, built from the bot's own handshake;
-* clients -> node: texts through the bot's outbox (`MessageSender.send_client_text`), so
-  that the firmware's 2 s text rule holds for everyone behind the one connection; other
-  packets through `NodeLink.send_to_radio`; admin messages filtered by API_ADMIN;
-  heartbeats and `disconnect` answered here;
+* clients -> node: packets for the air through the bot's outbox
+  (`MessageSender.send_client_packet`), so that the firmware's 2 s text rule holds for
+  everyone behind the one connection and the clients' share of the airtime budget
+  applies; packets for the node itself (admin) through `NodeLink.send_to_radio`; admin
+  messages filtered by API_ADMIN, XModem and MQTT proxying by `filter.py`; heartbeats
+  and `disconnect` answered here. A packet id is refused at once (a queueStatus with an
+  error) when its client used it lately or another connected client owns it: the node
+  would drop it without a word;
 * while the link is down, clients are closed, and a new one is accepted and closed at
   once (the app sees the node go away and retries later). The socket stays bound and
   listening all the time: a port released or merely bound (not listening) while the link
@@ -60,7 +64,7 @@ IDLE_TIMEOUT_S = 15 * 60.0
 # A client that connected must ask for its config this soon: an app does at once, and a
 # socket that never does only holds a client slot.
 HANDSHAKE_TIMEOUT_S = 30.0
-# Texts one client may have waiting in the outbox: the node's TX queue holds 16 packets.
+# Packets one client may have waiting in the outbox: the node's TX queue holds 16 packets.
 MAX_PENDING_TEXTS = 8
 # Packet ids remembered to route the node's answers (queueStatus, admin responses) back.
 _OWNED_IDS = 4096
@@ -139,6 +143,7 @@ class ApiServer:
         link.frame_tap = self._on_frame
         link.add_observer(_LinkWatch(self.link_changed))
         sender.text_sent_listener = self._on_text_sent
+        sender.client_refused_listener = self._on_client_refused
 
     # --- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -325,6 +330,14 @@ class ApiServer:
     def _client_packet(self, session: ClientSession, packet: mesh_pb2.MeshPacket) -> None:
         if not packet.id:  # the firmware gives a packet without an id one
             packet.id = self._rng.randint(1, 0xFFFFFFFF)
+        with self._lock:
+            owner = self._owners.get(packet.id)
+        if owner is not None and owner is not session and not owner.closed:
+            self._refuse_packet(session, packet.id, "a packet id another client uses")
+            return
+        if not session.use_id(packet.id):
+            self._refuse_packet(session, packet.id, "a packet id it sent already")
+            return
         self._own(packet.id, session)
         portnum = packet.decoded.portnum if packet.HasField("decoded") else None
         if portnum == ADMIN_PORT or (portnum is None and packet.to == self.snapshot.own_num):
@@ -333,17 +346,33 @@ class ApiServer:
                 log.info("refused %s from API client %s (API_ADMIN = %r)", refusal, session.address, self._admin_mode)
                 session.send(self._routing_error(packet.id, mesh_pb2.Routing.Error.NOT_AUTHORIZED))
                 return
-        if portnum == _TEXT:
-            now = time.monotonic()
-            pending = session.pending_texts
-            for old in [i for i, at in pending.items() if now - at > self._outbox_ttl_s]:
-                del pending[old]  # dropped by the outbox (it logged why)
-            if len(pending) >= MAX_PENDING_TEXTS or not self._sender.send_client_text(packet):
-                session.send(self._queue_status(packet.id, _ERRNO_UNKNOWN))
-                return
-            pending[packet.id] = now
+        if packet.to == self.snapshot.own_num:  # for the node itself (admin): nothing goes on air
+            self._to_node(session, mesh_pb2.ToRadio(packet=packet), packet.id)
             return
-        self._to_node(session, mesh_pb2.ToRadio(packet=packet), packet.id)
+        now = time.monotonic()
+        pending = session.pending_texts
+        for old in [i for i, at in pending.items() if now - at > self._outbox_ttl_s]:
+            del pending[old]  # dropped by the outbox (it logged why)
+        if len(pending) >= MAX_PENDING_TEXTS:
+            self._refuse_packet(session, packet.id, f"{MAX_PENDING_TEXTS} of its packets wait in the outbox already")
+            return
+        why = self._sender.send_client_packet(packet)
+        if why is not None:
+            self._refuse_packet(session, packet.id, why)
+            return
+        pending[packet.id] = now
+
+    def _refuse_packet(self, session: ClientSession, packet_id: int, why: str) -> None:
+        """Refused at once, as the node refuses a packet it cannot queue."""
+        self._refused_note.log("refused packet %08x from API client %s: %s", packet_id, session.address, why)
+        session.send(self._queue_status(packet_id, _ERRNO_UNKNOWN))
+
+    def _on_client_refused(self, packet: mesh_pb2.MeshPacket, why: str) -> None:
+        """The outbox will not send a packet it had queued (outbox lock held: hand over only)."""
+        owner = self._owners.get(packet.id)
+        if owner is not None:
+            owner.pending_texts.pop(packet.id, None)
+            owner.send(self._queue_status(packet.id, _ERRNO_UNKNOWN))
 
     def _to_node(self, session: ClientSession, message: mesh_pb2.ToRadio, packet_id: int) -> None:
         try:
@@ -415,6 +444,8 @@ class ApiServer:
         origin = None
         packet = mesh_pb2.MeshPacket()
         if item.client_packet is not None:
+            if not item.client_packet.HasField("decoded") or item.client_packet.decoded.portnum != _TEXT:
+                return  # the firmware copies texts to its other clients, nothing else
             packet.CopyFrom(item.client_packet)
             origin = self._owners.get(packet_id)
         else:

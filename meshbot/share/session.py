@@ -31,6 +31,8 @@ MAX_SEND_BUFFER = 256 * 1024
 FLOOD_FRAMES = 200
 FLOOD_WINDOW_S = 10.0
 _RECV_CHUNK = 4096
+# Packet ids of one client remembered to refuse a repeat: more than the node's 20.
+_USED_IDS = 64
 _WRITER_JOIN_S = 2.0
 
 
@@ -57,11 +59,24 @@ class ClientSession:
         self.closed = False
         self.close_reason = ""
         self.connected_at = self.last_rx = time.monotonic()
-        # Its texts waiting in the bot's outbox: packet id -> when queued (the server's).
+        # Its packets waiting in the bot's outbox: packet id -> when queued (the server's).
+        # Ids are unique per client (`use_id`), so this counts packets, not ids.
         self.pending_texts: dict[int, float] = {}
+        self._used_ids: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._frame_times: collections.deque[float] = collections.deque()
         self._reader = threading.Thread(target=self._read_loop, name=f"api-rx {address}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"api-tx {address}", daemon=True)
+
+    def use_id(self, packet_id: int) -> bool:
+        """Record a packet id the client sent; False if it sent it already lately (the node
+        would drop the repeat without a word, and the repeat must not enter the outbox).
+        Only the client's reader thread calls it."""
+        if packet_id in self._used_ids:
+            return False
+        self._used_ids[packet_id] = None
+        while len(self._used_ids) > _USED_IDS:
+            self._used_ids.popitem(last=False)
+        return True
 
     def start(self) -> None:
         self._writer.start()
