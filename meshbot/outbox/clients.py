@@ -26,9 +26,13 @@ and a client's non-text packets are few (a position every few minutes).
 from __future__ import annotations
 
 import collections
-from typing import Any, Optional
+import logging
+import math
+from typing import Any, Callable, Optional, Sequence
 
 from meshtastic.protobuf import mesh_pb2, portnums_pb2
+
+log = logging.getLogger("meshbot.outbox.sender")  # the outbox's lines, wherever the code is
 
 # Longest wait for the node's queueStatus on a client's packet before the next may go.
 # The node answers in milliseconds; the bound only stops one odd packet from holding up
@@ -86,3 +90,40 @@ def describe(packet: mesh_pb2.MeshPacket) -> str:
     except ValueError:
         name = str(packet.decoded.portnum)
     return f"{name} packet"
+
+
+class ClientTurns:
+    """The outbox's bookkeeping for API clients' packets: the ids written on the node's
+    connection, whose turn it is, and whether the clients' share holds them. Not
+    thread-safe: the outbox uses it under its lock."""
+
+    def __init__(self, budget: Any, share_pct: float) -> None:
+        self._budget = budget  # an AirtimeBudget: its `clients` ledger, for the log line
+        self._share_pct = share_pct
+        self.written = WrittenIds()
+        self.last_was_client = False  # the last packet written was a client's: the bot's turn
+        self._held = False  # "share used" was logged, "back" not yet
+
+    def first_ready(self, queue: Sequence[Any], wait_s: Callable[[Any], float]) -> tuple[Optional[int], float]:
+        """The first client packet of `queue` and 0 if the clients' share lets it go now;
+        None and how long to wait if not; its index and math.inf if it never will (longer
+        on air than the whole share: the caller drops it)."""
+        for index, item in enumerate(queue):
+            if item.client_packet is None:
+                continue
+            wait = wait_s(item)
+            if math.isinf(wait):
+                return index, wait
+            if wait > 0:
+                if not self._held:
+                    self._held = True
+                    log.info(
+                        "API clients' share of the airtime budget used (%.0f s an hour, API_AIRTIME_SHARE_PCT %g %%):"
+                        " their packets wait", self._budget.clients.budget_s, self._share_pct,
+                    )
+                return None, wait
+            if self._held:
+                self._held = False
+                log.info("API clients' share of the airtime budget is back")
+            return index, 0.0
+        return None, math.inf

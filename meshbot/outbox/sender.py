@@ -200,9 +200,7 @@ class MessageSender:
         )
         # Shared node API (clients.py): ids written on this connection, whose turn it is,
         # and the client to tell when the outbox refuses its packet after accepting it.
-        self._written = clients.WrittenIds()
-        self._last_was_client = False
-        self._clients_held = False
+        self._turns = clients.ClientTurns(self.budget, settings.API_AIRTIME_SHARE_PCT)
         self.client_refused_listener: Optional[Callable[[mesh_pb2.MeshPacket, str], None]] = None
         self._budget_held = False  # "spent" was logged; "back" not yet
         self._strangers_held = False  # the same for the strangers' share
@@ -340,7 +338,7 @@ class MessageSender:
 
     def _id_in_use(self, packet_id: int) -> bool:
         """Under the lock: would the node drop this id unanswered, or is it queued already?"""
-        if packet_id == self._inflight_id or self._written.seen(self._link.interface, packet_id):
+        if packet_id == self._inflight_id or self._turns.written.seen(self._link.interface, packet_id):
             return True
         return any(item.client_packet is not None and item.client_packet.id == packet_id for item in self._queue)
 
@@ -539,7 +537,7 @@ class MessageSender:
         API clients' packets and the bot's texts take turns while both wait (clients.py).
         """
         client_index, client_hold = self._client_ready()
-        if client_index is not None and not self._last_was_client:
+        if client_index is not None and not self._turns.last_was_client:
             return client_index, 0.0
         index, hold = self._select_bot(iface)
         if index is not None or client_index is None:
@@ -548,28 +546,14 @@ class MessageSender:
 
     def _client_ready(self) -> tuple[Optional[int], float]:
         """Under the lock: the first API client packet, if the clients' share lets it go now."""
-        for index, item in enumerate(self._queue):
-            if not item.from_client:
-                continue
-            wait = self.budget.client_wait_s(self._cost(item))
-            if math.isinf(wait):
-                del self._queue[index]
-                self._dropped[DropReason.OVER_BUDGET] += 1
-                self._client_refused(item, "longer on air than the API clients' whole airtime share")
-                return None, 0.0
-            if wait > 0:
-                if not self._clients_held:
-                    self._clients_held = True
-                    log.info(
-                        "API clients' share of the airtime budget used (%.0f s an hour, API_AIRTIME_SHARE_PCT %g %%):"
-                        " their packets wait", self.budget.clients.budget_s, self._settings.API_AIRTIME_SHARE_PCT,
-                    )
-                return None, wait
-            if self._clients_held:
-                self._clients_held = False
-                log.info("API clients' share of the airtime budget is back")
-            return index, 0.0
-        return None, math.inf
+        index, wait = self._turns.first_ready(self._queue, lambda item: self.budget.client_wait_s(self._cost(item)))
+        if index is not None and math.isinf(wait):
+            item = self._queue[index]
+            del self._queue[index]
+            self._dropped[DropReason.OVER_BUDGET] += 1
+            self._client_refused(item, "longer on air than the API clients' whole airtime share")
+            return None, 0.0
+        return index, wait
 
     def _client_refused(self, item: OutgoingText, why: str) -> None:
         """Under the lock: a client packet the outbox will not send; its client is told."""
@@ -693,8 +677,8 @@ class MessageSender:
     def _deliver(self, item: OutgoingText, iface: Any) -> None:
         if item.client_packet is not None:
             with self._cond:
-                self._last_was_client = True
-                if self._written.seen(iface, item.client_packet.id):
+                self._turns.last_was_client = True
+                if self._turns.written.seen(iface, item.client_packet.id):
                     # Written since it was queued (another client, the bot): the node would
                     # drop it without a word.
                     self._client_refused(item, "packet id used already on the node's connection")
@@ -702,7 +686,7 @@ class MessageSender:
             item.unconfirmed_id = item.client_packet.id
         else:
             with self._cond:
-                self._last_was_client = False
+                self._turns.last_was_client = False
         packet_id = item.unconfirmed_id or iface.new_packet_id()
         if item.unconfirmed_id is None:
             # Stored before the write: a text the node may have got when this process dies
@@ -746,7 +730,7 @@ class MessageSender:
             return
         written_at = time.monotonic()
         with self._cond:
-            self._written.add(iface, packet_id)
+            self._turns.written.add(iface, packet_id)
             bound = clients.CLIENT_VERDICT_S if item.from_client else None
             report = self._await_verdict(iface, packet_id, written_at, bound)
             self._inflight_id = None
