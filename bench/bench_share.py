@@ -66,9 +66,10 @@ class Mesh(threading.Thread):
 class Client(threading.Thread):
     """A client of the bot's API: handshake, then read and time every chatter packet."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, source: str) -> None:
         super().__init__(name="client", daemon=True)
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        # Each from its own loopback address: the bot takes at most 2 connections per address.
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         self.ready = threading.Event()
         self.lags: list[float] = []
         self.measuring = False
@@ -121,10 +122,10 @@ def run(quick: bool = False) -> list[Row]:
             mesh.start()
             time.sleep(1.0)
             alone = ping_latencies(node, pings, gap_s=0.02)
-            for _ in range(CLIENTS):
+            for i in range(CLIENTS):
                 if not wait_for(lambda: _accepts(port), 10):
                     raise RuntimeError("the bot does not serve API_LISTEN")
-                client = Client(port)
+                client = Client(port, f"127.0.0.{i + 2}")
                 client.start()
                 clients.append(client)
             for client in clients:
@@ -156,7 +157,7 @@ def run(quick: bool = False) -> list[Row]:
 
 def _accepts(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection(("127.0.0.1", port), timeout=1, source_address=("127.0.0.1", 0)).close()
         return True
     except OSError:
         return False
