@@ -377,3 +377,25 @@ def test_a_packet_id_used_already_is_refused_at_once_and_stalls_nobody(
     finally:
         client.close()
         other.close()
+
+
+def test_a_config_frame_after_the_handshake_is_kept_stripped() -> None:
+    """Frames the node sends later (a config frame, a channel) reach clients only through the
+    snapshot, which never holds their secrets."""
+    from meshtastic.protobuf import channel_pb2, config_pb2
+
+    from meshbot.share.filter import SecretFilter
+    from meshbot.share.handshake import NodeSnapshot
+
+    snapshot = NodeSnapshot(SecretFilter("read", share_channel_keys=False))
+    for message in (
+        mesh_pb2.FromRadio(my_info=mesh_pb2.MyNodeInfo(my_node_num=OWN)),
+        mesh_pb2.FromRadio(config_complete_id=1),
+        mesh_pb2.FromRadio(config=config_pb2.Config(security=config_pb2.Config.SecurityConfig(
+            public_key=b"P" * 32, private_key=b"S" * 32, admin_key=[b"A" * 32]))),
+        mesh_pb2.FromRadio(channel=channel_pb2.Channel(index=2, settings=channel_pb2.ChannelSettings(psk=b"K" * 32))),
+    ):
+        snapshot.note_frame(message, message.WhichOneof("payload_variant") or "")
+    data = snapshot.compose(5)
+    assert data is not None and b"S" * 32 not in data and b"A" * 32 not in data and b"K" * 32 not in data
+    assert b"P" * 32 in data
