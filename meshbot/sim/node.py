@@ -553,10 +553,20 @@ class SimulatedNode:
     def address(self) -> tuple[str, int]:
         return self.host, self.port
 
-    def _listen(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
+    def _bound_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _listen(self, reserved: Optional[socket.socket] = None) -> None:
+        """Listen on the node's port; `reserved` is a socket already bound to it (see
+        `stop_listening`), else a new one is bound."""
+        listener = reserved if reserved is not None else self._bound_socket()
         listener.listen(8)
         listener.settimeout(0.1)
         self.port = listener.getsockname()[1]
@@ -1315,6 +1325,14 @@ class SimulatedNode:
         """Drop the client (reset), refuse connections for `seconds`, then listen again.
         The node keeps its state (see `reboot()` for a real reboot)."""
         self._close_listener()
+        # The port stays bound, not listening, meanwhile: connections are refused as by a
+        # node that is down, and no other socket (another test's ephemeral source port on a
+        # busy machine) can take the port before the node listens again.
+        reserved: Optional[socket.socket]
+        try:
+            reserved = self._bound_socket()
+        except OSError:
+            reserved = None  # taken in the instant between close and bind: retried below
         self.drop(rst=True)
         with self._cond:
             self._outages += 1
@@ -1323,8 +1341,19 @@ class SimulatedNode:
         def relisten() -> None:
             time.sleep(seconds)
             # Only the latest outage opens the port again (two overlapping ones would bind twice).
-            if self._running and self._outages == outage:
-                self._listen()
+            if not (self._running and self._outages == outage):
+                if reserved is not None:
+                    reserved.close()
+                return
+            deadline = time.monotonic() + 30.0
+            while True:
+                try:
+                    self._listen(reserved)
+                    return
+                except OSError:
+                    if time.monotonic() > deadline or not self._running:
+                        raise
+                    time.sleep(0.05)
 
         self._spawn(relisten, name="sim-relisten")
 
