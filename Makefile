@@ -102,8 +102,8 @@ install: ## sudo make install: the package in its own fresh venv in PREFIX (/opt
 		[ -n "$$(find "$(ROOTDIR)/config.py" -perm -o+r)" ] || \
 			echo "WARNING: $(PREFIX)/config.py is not world-readable; the service cannot read it: chmod 0644 it" >&2; \
 	else \
-		cp config.example.py "$(ROOTDIR)/config.py" && chmod 0644 "$(ROOTDIR)/config.py" && \
-		echo "created $(PREFIX)/config.py from config.example.py"; \
+		umask 022 && "$(ROOTDIR)/.venv/bin/python" -m meshbot init "$(ROOTDIR)/config.py" 2>/dev/null && \
+		echo "created $(PREFIX)/config.py (short: the keys most operators set; every other at its default)"; \
 	fi
 	@echo
 	@echo "meshbot installed in $(PREFIX), unit in $(UNITDIR)/meshbot.service. Next:"
@@ -125,4 +125,5 @@ uninstall: ## remove the unit, the venv and the docs from PREFIX; keep config.py
 	@if [ -e "$(ROOTDIR)/config.py" ]; then \
 		echo "kept $(PREFIX)/config.py (your settings): delete it and $(PREFIX) yourself if you no longer need them"; \
 	else rmdir "$(ROOTDIR)" 2>/dev/null || true; fi
+	@echo "kept the state database in /var/lib/meshbot (the service's StateDirectory; node keys, texts not yet sent): delete it yourself if you no longer need it"
 	@echo "now run: sudo systemctl daemon-reload"

@@ -4,6 +4,7 @@
     meshbot --check-config        validate the config and exit 0 or 78
     meshbot --probe               connect to the node once, say what it is, exit 0 or 1
     meshbot --demo                run against a built-in simulated node
+    meshbot init [PATH] [--full]  write a new, short config file (never overwrites one)
 
 The same command runs as `meshbot` (pip/pipx), `python -m meshbot` and `python main.py`.
 
@@ -47,6 +48,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None, metavar="PATH", help="config file (default: ./config.py; --demo reads none)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check-config", action="store_true", help="validate the config and exit (0 or 78)")
+    parser.add_argument("--strict", action="store_true", help="any config warning (an unknown key...) is an error: exit 78")
     mode.add_argument(
         "--probe", action="store_true",
         help="connect to the node once, print its name, firmware, preset, channels and round trip, exit 0 (or 1)",
@@ -68,9 +70,25 @@ def config_path(args: argparse.Namespace) -> Optional[Path]:
     return None if args.demo else Path("config.py")
 
 
+class WarningCount(logging.Handler):
+    """Counts the WARNING lines meshbot's own loggers write while the config is read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["init"]:
+        return _init(arguments[1:])
+    args = parse_args(arguments)
     setup_logging("WARNING" if args.probe else "INFO")
+    warnings = WarningCount()
+    log.addHandler(warnings)
     try:
         settings = load_settings(config_path(args), demo=args.demo)
     except ConfigError as exc:
@@ -90,8 +108,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         log.error("config error: %s", exc)
         return EX_CONFIG
+    log.removeHandler(warnings)
+    if args.strict and warnings.count:
+        log.error("config error: %s (--strict)", counted(warnings.count, "warning"))
+        return EX_CONFIG
     if args.check_config:
-        log.info("config OK")
+        if warnings.count:
+            log.info("config OK (%s)", counted(warnings.count, "warning"))
+        else:
+            log.info("config OK")
         return 0
     setup_logging(settings.LOG_LEVEL)
 
@@ -110,6 +135,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_demo(settings, args.demo_seconds, stop)
         return 0
     return run_daemon(bot, stop, ServiceNotifier())
+
+
+def _init(argv: Sequence[str]) -> int:
+    """`meshbot init [PATH] [--full]`: write a new config; exit 78 if one is there already."""
+    from meshbot.starter import InitRefused, write_config
+
+    parser = argparse.ArgumentParser(prog="meshbot init", description="write a new config file (never overwrites one)")
+    parser.add_argument("path", nargs="?", type=Path, default=Path("config.py"), help="file or folder (default: ./config.py)")
+    parser.add_argument("--full", action="store_true", help="every key set to its default (the full example)")
+    args = parser.parse_args(argv)
+    setup_logging("INFO")
+    try:
+        target = write_config(args.path, full=args.full)
+    except InitRefused as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
+    log.info("wrote %s: set NODE_HOST (or CONNECTION = 'serial'), then: meshbot --config %s --check-config", target, target)
+    return 0
 
 
 def missing_dependency_hint(exc: ModuleNotFoundError, args: argparse.Namespace) -> str:

@@ -696,8 +696,12 @@ def _check_value(name: str, value: Any, spec: KeySpec) -> Any:
             raise bad()
     elif not isinstance(value, spec.kind):
         raise bad()
-    if spec.choices and value not in spec.choices:
-        raise bad()
+    if spec.choices:
+        # The operator types these (`UNITS = 'Metric'`, `LOG_LEVEL = 'info'`): any case will do.
+        canonical = {c.lower(): c for c in spec.choices}.get(value.lower() if isinstance(value, str) else value)
+        if canonical is None:
+            raise bad()
+        value = canonical
     if spec.low is not None and value < spec.low:
         raise bad()
     if spec.high is not None and value > spec.high:
@@ -712,14 +716,26 @@ def build_settings(values: Mapping[str, Any], *, demo: bool = False) -> Settings
     for name, value in values.items():
         if name not in specs:
             close = difflib.get_close_matches(name, specs, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            log.warning("unknown key %s ignored%s", name, hint)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            log.warning("%s = %s: unknown key, ignored%s", name, _shown(name, value), hint)
             continue
         checked[name] = _check_value(name, value, specs[name])
     _split_port_off_host(checked)
     settings = Settings(**checked)
     _check_together(settings, demo=demo)
     return settings
+
+
+_SECRET_KEY_RE = re.compile(r"PASS|SECRET|TOKEN|KEY|PSK")
+
+
+def _shown(name: str, value: Any, limit: int = 40) -> str:
+    """A value as a warning may show it: short, and hidden when the key's name (or a URL in
+    it) says it holds a credential: a typo'd key may well be the password's."""
+    if _SECRET_KEY_RE.search(name):
+        return "***"
+    text = redact_secrets(repr(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _split_port_off_host(checked: dict[str, Any]) -> None:

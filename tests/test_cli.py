@@ -90,7 +90,7 @@ def test_a_lowercase_key_is_a_warning_and_helpers_stay_silent(tmp_path):
     warnings = [ln for ln in lines(result.stderr) if "WARNING" in ln]
     assert any("node_port ignored: keys are upper case (did you mean NODE_PORT?)" in ln for ln in warnings), warnings
     assert any("Log_Level ignored: keys are upper case (did you mean LOG_LEVEL?)" in ln for ln in warnings), warnings
-    assert any("unknown key NODE_PROT ignored (did you mean NODE_PORT?)" in ln for ln in warnings), warnings
+    assert any("NODE_PROT = 1: unknown key, ignored; did you mean NODE_PORT?" in ln for ln in warnings), warnings
     assert len(warnings) == 3 and "helper" not in result.stderr
 
 

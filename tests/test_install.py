@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshbot import __version__
+from meshbot.starter import starter_config_text
 from tests.conftest import ROOT
 
 MAKE = shutil.which("make")
@@ -74,8 +75,8 @@ def test_install_upgrade_and_uninstall_keep_the_operators_config(tmp_path):
         if path.is_dir():
             assert mode & 0o011 == 0o011, f"{path}: {oct(mode)}"
 
-    # The config, created from the example, readable by the service.
-    assert config.read_text() == (ROOT / "config.example.py").read_text()
+    # The config, the short one `meshbot init` writes (defaults stay the package's), readable by the service.
+    assert config.read_text() == starter_config_text()
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
 
     # The unit, with the (default) PREFIX in its paths.
@@ -116,6 +117,7 @@ def test_install_upgrade_and_uninstall_keep_the_operators_config(tmp_path):
     assert [p.name for p in prefix.iterdir()] == ["config.py"]
     assert config.read_text() == 'NODE_HOST = "192.0.2.7"  # edited by the operator\n'
     assert "kept /opt/meshbot/config.py" in out
+    assert "kept the state database in /var/lib/meshbot" in out
 
 
 def test_install_writes_its_prefix_into_the_unit(tmp_path):

@@ -69,7 +69,7 @@ def test_unknown_key_warns_with_the_closest_known_key(tmp_path):
     config = write_config(tmp_path, 'NODE_HOST = "10.0.0.2"\nNODE_PROT = 4403\nhelper = 1\n')
     result = run_main("--config", str(config), "--check-config")
     assert result.returncode == 0, result.stderr
-    assert "unknown key NODE_PROT ignored (did you mean NODE_PORT?)" in result.stderr
+    assert "NODE_PROT = 4403: unknown key, ignored; did you mean NODE_PORT?" in result.stderr
     assert "helper" not in result.stderr  # lower-case names are the operator's own helpers
 
 
@@ -140,7 +140,7 @@ def test_journal_format_carries_syslog_priorities(tmp_path):
     """stderr is the journal stream JOURNAL_STREAM names (same device and inode): priorities, no time."""
     config = write_config(tmp_path, 'NODE_HOST = "127.0.0.1"\nNODE_PROT = 1\n')
     lines = run_check_with_stderr_in(tmp_path, config, lambda st: f"{st.st_dev}:{st.st_ino}")
-    assert any(ln.startswith("<4>meshbot.config: unknown key NODE_PROT") for ln in lines), lines
+    assert any(ln.startswith("<4>meshbot.config: NODE_PROT = 1: unknown key") for ln in lines), lines
     assert any(ln.startswith("<6>meshbot: config OK") for ln in lines), lines
     assert not any(ln[:4].isdigit() for ln in lines)  # journald adds the timestamps
 
@@ -151,7 +151,7 @@ def test_an_inherited_journal_stream_is_not_the_journal(tmp_path):
     config = write_config(tmp_path, 'NODE_HOST = "127.0.0.1"\nNODE_PROT = 1\n')
     lines = run_check_with_stderr_in(tmp_path, config, lambda st: f"{st.st_dev}:{st.st_ino + 1}")
     assert not any(ln.startswith("<") for ln in lines), lines
-    assert any(ln[:4].isdigit() and "WARNING meshbot.config: unknown key NODE_PROT" in ln for ln in lines), lines
+    assert any(ln[:4].isdigit() and "WARNING meshbot.config: NODE_PROT = 1: unknown key" in ln for ln in lines), lines
 
 
 def test_demo_runs_the_script_against_the_simulated_node():
