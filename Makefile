@@ -9,15 +9,17 @@ PORT ?= 4403
 CONFIG ?= config.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench soak run check-config probe sim clean example-config install uninstall
+.PHONY: help demo test bench soak run check-config probe sim clean example-config requirements install uninstall
 
 help: ## this list
 	@echo "meshbot: make TARGET"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# The versions the service runs (requirements.txt), so the tests pass with exactly those.
+	$(PY) -m pip install --quiet -r requirements.txt
 	@# Editable: the venv runs this checkout's code; [test]: the test tools, never in the service's venv.
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
@@ -51,6 +53,14 @@ sim: $(VENV)/.installed ## a simulated node alone on 127.0.0.1:PORT (4403), to t
 clean: ## remove .venv and the build leftovers
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# requirements.txt: pyproject.toml's ranges resolved to exact pins with hashes, what `make install`
+# puts on the Pi. pip-tools lives in a venv of its own (.venv-lock), never in the bot's.
+requirements: ## regenerate requirements.txt (exact pins + hashes) from pyproject.toml's ranges
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet pip-tools
+	.venv-lock/bin/pip-compile --quiet --upgrade --generate-hashes --strip-extras --no-emit-index-url \
+		--no-emit-find-links --no-emit-trusted-host --output-file=requirements.txt pyproject.toml
 
 # Regenerate config.example.py after adding a key (a test fails until you do).
 example-config: $(VENV)/.installed ## regenerate config.example.py from meshbot/config.py
@@ -87,10 +97,12 @@ install: ## sudo make install: the package in its own fresh venv in PREFIX (/opt
 	chmod 0644 $(foreach f,$(INSTALL_FILES),"$(ROOTDIR)/$(f)")
 	umask 022 && $(PYTHON) -m venv "$(ROOTDIR)/.venv"
 	umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet --upgrade pip
-	@# The package and its runtime dependencies only (no [test] extra), from a clean copy of the source.
+	@# The runtime dependencies at the versions the tests passed with (requirements.txt, hashes
+	@# checked), then the package alone (no [test] extra) from a clean copy of the source.
+	umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet -r requirements.txt
 	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && cp -R $(PACKAGE_SOURCE) "$$src/" && \
 		find "$$src" -name __pycache__ -prune -exec rm -rf {} + && \
-		umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet "$$src"
+		umask 022 && "$(ROOTDIR)/.venv/bin/python" -m pip install --quiet --no-deps "$$src"
 	@base=$$("$(ROOTDIR)/.venv/bin/python" -c 'import os, sys; print(os.path.realpath(sys.executable))'); \
 	case "$$base" in /home/*|/root/*) echo "WARNING: the venv's Python is $$base, which the service cannot see (ProtectHome=yes); use PYTHON=/usr/bin/python3" >&2;; esac
 	umask 022 && mkdir -p "$(DESTDIR)$(UNITDIR)"
