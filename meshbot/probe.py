@@ -18,7 +18,7 @@ from meshtastic.protobuf import channel_pb2
 
 from meshbot.config import Settings
 from meshbot.link.airtime import radio_params
-from meshbot.link.interface import QueueReport
+from meshbot.link.interface import NoHandshake, QueueReport
 from meshbot.link.owner import LinkStatus, NodeLink, describe_error
 
 # Heartbeats timed; the median is reported, so that a queueStatus the node sends on its
@@ -80,6 +80,10 @@ def probe_node(settings: Settings) -> ProbeResult:
     link.add_observer(answers)
     try:
         iface = link.open_once()
+    except NoHandshake as exc:
+        raise ProbeFailed(
+            f"connected to {link.address} but got no node handshake: {exc} (is it a Meshtastic node's API port?)"
+        ) from None
     except Exception as exc:  # every failure is one line; the causes are the daemon's words
         raise ProbeFailed(f"cannot reach the node at {link.address}: {describe_error(exc)}") from None
     try:

@@ -162,7 +162,7 @@ def test_probe_of_a_node_that_never_answers_gives_up_after_the_connect_timeout(t
         result = run_main("--config", str(config), "--probe")
         assert result.returncode == 1 and result.stdout == ""
         assert len(lines(result.stderr)) == 1, result.stderr
-        assert "no config from the node within 1 s" in result.stderr
+        assert f"probe failed: connected to 127.0.0.1:{mute.port} but got no node handshake: no config from the node within 1 s" in result.stderr
         assert len(mute.accepted) == 1
     finally:
         mute.close()

@@ -250,3 +250,30 @@ def test_bad_settings_reach_no_socket(node):
         settings_for(node, NODE_PORT="abc")
     time.sleep(0.2)
     assert node.counters.connections == 0
+
+
+def test_down_reminders_back_off_to_hourly():
+    """A night's outage (8 h, an attempt every 5 s) is 12 reminders, not 480."""
+    from meshbot.link.owner import _Outage
+
+    outage = _Outage(started=0.0, last_report=0.0)  # the first "cannot reach" line, at 0
+    due = [t for t in range(5, 8 * 3600, 5) if outage.reminder_due(float(t))]
+    assert [t // 60 for t in due[:6]] == [1, 3, 7, 15, 31, 63]  # after 1, 2, 4, 8, 16, 32 min
+    assert all(b - a == 3600 for a, b in zip(due[6:], due[7:]))  # then hourly
+    assert len(due) == 12
+
+
+def test_a_port_that_is_not_a_node_is_told_once_per_outage(start_bot, caplog):
+    """It accepts TCP and never hands a handshake over: each attempt would warn again."""
+    caplog.set_level(logging.WARNING, logger="meshbot")
+    mute = MuteNode()
+    try:
+        start_bot(mute, wait=False, CONNECT_TIMEOUT_S=0.5, PROBE_INTERVAL_S=0.3, LINK_TIMEOUT_S=1.0)
+        wait_until(lambda: len(mute.accepted) >= 3, 20)
+        for conn in mute.accepted:
+            conn.close()
+        told = [r for r in caplog.records if r.getMessage().startswith("no config from the node at")]
+        assert len(told) == 1, [r.getMessage() for r in told]
+        assert "another program on that port?" in told[0].getMessage()
+    finally:
+        mute.close()

@@ -115,6 +115,11 @@ class LinkLost(ConnectionError):
     """The link to the node is gone (or was never up); the cause is the message."""
 
 
+class NoHandshake(LinkLost):
+    """The connection was made but no node handshake came over it: not a node's API port,
+    or a node that is hung. Told apart from "cannot reach" in what the operator reads."""
+
+
 class TxQueueFull(RuntimeError):
     """The node's TX queue stayed full; try again later."""
 
@@ -384,11 +389,11 @@ class _HardenedStream:
                 raise LinkLost(self.lost_cause or "closed")
             reason = self.give_up()
             if reason:
-                raise LinkLost(reason)
+                raise NoHandshake(reason)
             now = time.monotonic()
             silent = now - self.last_rx
             if silent >= self.silence_limit_s:
-                raise LinkLost(f"no config from the node and no frame for {silent:.0f} s (node hung?)")
+                raise NoHandshake(f"no config from the node and no frame for {silent:.0f} s (node hung?)")
             if now >= slow_at:
                 slow_at = float("inf")
                 self.events.slow_handshake(self.handshake_timeout_s)

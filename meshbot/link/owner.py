@@ -41,7 +41,7 @@ from meshbot.link.interface import (
     find_serial_port,
 )
 from meshbot.link.nodedb import HeardClock
-from meshbot.text import format_duration
+from meshbot.text import counted, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ _NOTIFICATION_REPEAT_S = 60.0
 # number decides whether a text is a DM); past this many the oldest are dropped.
 _HELD_PACKETS_MAX = 256
 _DOWN_REMINDER_S = 60.0
+# While the link stays down the reminders back off (1, 2, 4 ... minutes): a node off all night
+# costs a dozen journal lines by morning, not one a minute.
+_DOWN_REMINDER_MAX_S = 3600.0
 # After the handshake, how long to wait for the first heartbeat's answer (firmware
 # that never answers is then handled without waiting for per-packet statuses).
 _FIRST_PROBE_WAIT_S = 1.0
@@ -178,6 +181,15 @@ class _Outage:
     started: float
     attempts: int = 0
     last_report: Optional[float] = None  # when this outage was last logged
+    reminder_s: float = _DOWN_REMINDER_S  # the wait before the next "still down" line
+
+    def reminder_due(self, now: float) -> bool:
+        """True when a "still down" line is due at `now` (and the next one is then backed off)."""
+        if self.last_report is None or now - self.last_report < self.reminder_s:
+            return False
+        self.last_report = now
+        self.reminder_s = min(self.reminder_s * 2, _DOWN_REMINDER_MAX_S)
+        return True
 
 
 class NodeLink:
@@ -207,6 +219,7 @@ class NodeLink:
         self._status = LinkStatus(LinkState.CONNECTING, started, self.address, down_since=started)
         self._thread = threading.Thread(target=self._run, name="link", daemon=True)
         self._quick_closes = 0
+        self._slow_handshake_told = False  # said once per outage
         self._reboot_count: Optional[int] = None  # the previous connection's, to tell reboots
         self._notified: dict[str, float] = {}  # client notification text -> when last logged
         # Until the link is up, received packets wait here (see _HELD_PACKETS_MAX).
@@ -327,12 +340,12 @@ class NodeLink:
         if outage.last_report is None:
             log.warning("cannot reach the node at %s: %s; retrying", self.address, cause)
             outage.last_report = now
-        elif now - outage.last_report >= _DOWN_REMINDER_S:
+        elif outage.reminder_due(now):
             log.warning(
-                "link to %s still down after %s, %d attempts: %s",
+                "link to %s still down after %s, %d attempts: %s (next reminder in %s)",
                 self.address, format_duration(now - outage.started), outage.attempts, cause,
+                format_duration(outage.reminder_s),
             )
-            outage.last_report = now
 
     def _link_up(self, iface: Any, outage: "_Outage", up_at: float) -> None:
         self._backoff.reset()
@@ -344,9 +357,10 @@ class NodeLink:
             log.info("link up to %s in %.1f s (%s)", self.address, up_at - outage.started, node)
         else:
             log.info(
-                "link up after %.1f s, %d attempt%s (%s)",
-                up_at - outage.started, outage.attempts, "" if outage.attempts == 1 else "s", node,
+                "link up after %s down, %s (%s)",
+                format_duration(up_at - outage.started), counted(outage.attempts, "attempt"), node,
             )
+        self._slow_handshake_told = False
         self._note_reboot(iface)
         self._iface = iface
         self._set_state(LinkState.UP, node_facts=facts)
@@ -504,7 +518,12 @@ class NodeLink:
         return "stopped" if self._stop.is_set() else None
 
     def _slow_handshake(self, waited_s: float) -> None:
-        log.warning(
+        # A port that answers TCP but is not a node (or a node that is hung) would say this
+        # at every attempt: once per outage is enough, the reminders say the rest.
+        level = logging.DEBUG if self._slow_handshake_told else logging.WARNING
+        self._slow_handshake_told = True
+        log.log(
+            level,
             "no config from the node at %s within %g s; still waiting on this connection rather than "
             "opening another (node busy or hung? another program on that port?)",
             self.address, waited_s,
