@@ -9,7 +9,7 @@ PORT ?= 4403
 CONFIG ?= config.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test bench soak run check-config probe sim clean example-config requirements install uninstall
+.PHONY: help demo try test bench soak run check-config probe sim clean example-config requirements install uninstall
 
 help: ## this list
 	@echo "meshbot: make TARGET"
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 
 demo: $(VENV)/.installed ## the real bot against a built-in simulated node (DEMO_SECONDS=45; 0: until Ctrl-C); reads no config.py
 	$(PY) main.py --demo --demo-seconds $(DEMO_SECONDS)
+
+try: $(VENV)/.installed ## talk to the real bot yourself, as the simulated node's users (Ctrl-D ends it)
+	$(PY) main.py try
 
 test: $(VENV)/.installed ## the whole test suite, four tests at a time (about 2 minutes)
 	$(PY) -m pytest -q -n 4 tests

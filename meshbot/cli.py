@@ -5,6 +5,7 @@
     meshbot --probe               connect to the node once, say what it is, exit 0 or 1
     meshbot --demo                run against a built-in simulated node
     meshbot init [PATH] [--full]  write a new, short config file (never overwrites one)
+    meshbot try                   talk to the real bot as the simulated node's users
 
 The same command runs as `meshbot` (pip/pipx), `python -m meshbot` and `python main.py`.
 
@@ -85,6 +86,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["init"]:
         return _init(arguments[1:])
+    trial = arguments[:1] == ["try"]
+    if trial:
+        arguments = ["--demo", *arguments[1:]]  # the demo's settings (no config.py unless --config), then the trial
     args = parse_args(arguments)
     setup_logging("WARNING" if args.probe else "INFO")
     warnings = WarningCount()
@@ -129,6 +133,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    if trial:
+        from meshbot.trial import run_trial
+
+        run_trial(settings, stop)
+        return 0
     if args.demo:
         from meshbot.demo import run_demo
 

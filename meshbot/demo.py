@@ -66,7 +66,7 @@ class Transcript:
         if to == BROADCAST_NUM:
             return f"ch{channel}"
         user = self._node.users.get(to)
-        return user.short_name if user else f"!{to:08x}"
+        return user.short_name if user and user.short_name else f"!{to:08x}"
 
     def bot_sent(self, sent: SentText) -> None:
         self.line(self._node.short_name, self.where(sent.to, sent.channel), sent.text)
@@ -77,7 +77,7 @@ def run_demo(settings: Settings, seconds: float, stop: threading.Event, out: Tex
     with SimulatedNode() as node, FakeOpenMeteo() as weather_service:
         transcript = Transcript(node, out)
         node.on_text = transcript.bot_sent
-        demo_settings = _with_simulators(settings, node, weather_service)
+        demo_settings = with_simulators(settings, node, weather_service)
         bot = Bot(demo_settings)
         out.write(
             f"meshbot demo: simulated node {node.short_name} on 127.0.0.1:{node.port}, "
@@ -114,7 +114,7 @@ def _play(node: SimulatedNode, users: dict[str, SimUser], transcript: Transcript
     transcript.line("demo", "-", "script done; the bot keeps running (Ctrl-C to stop)")
 
 
-def _with_simulators(settings: Settings, node: SimulatedNode, weather: FakeOpenMeteo) -> Settings:
+def with_simulators(settings: Settings, node: SimulatedNode, weather: FakeOpenMeteo) -> Settings:
     """The operator's settings, pointed at the simulators (nothing leaves 127.0.0.1)."""
     return replace(
         settings,

@@ -5,11 +5,14 @@ simulated node on its own, and log lines that tell the truth."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -198,6 +201,54 @@ def test_the_demo_never_reads_config_py(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "config" not in result.stderr.lower(), result.stderr
     assert "meshbot demo: simulated node BOT" in result.stdout
+
+
+# --- meshbot try ------------------------------------------------------------------------------------
+def test_try_answers_typed_lines_then_ends_at_end_of_input(tmp_path):
+    typed = "/ping\n@BOB /help\n!stranger /echo hi there\n#1 /ping\n@ZED /ping\n"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "try"], input=typed, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "meshbot try: the real bot against a simulated node" in out
+    assert re.search(r"BOT   -> ch0   pong: .*\(\+\d+\.\d s\)", out), out
+    assert re.search(r"BOT   -> BOB   commands: /echo", out), out  # the DM answered by DM
+    assert re.search(r"BOT   -> ch1   pong", out), out
+    assert "hi there" in out.split("!00002134 -> ch0")[-1], out  # the stranger's echo answered
+    assert "no user ZED: try @ALIC, @BOB, @CARL" in out
+    assert out.rstrip().endswith("meshbot try: ended"), out
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pty")
+def test_try_on_a_terminal_answers_as_you_type_and_ends_on_ctrl_c(tmp_path):
+    controller, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "try"], stdin=terminal, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=tmp_path, text=True,
+    )
+    os.close(terminal)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("Ctrl-D or Ctrl-C ends it" in ln for ln in seen), 30)
+        os.write(controller, b"/ping\n")
+        wait_until(lambda: any("BOT   -> ch0   pong" in ln for ln in seen), 30)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        reader.join(10)
+        assert seen[-1].strip() == "meshbot try: ended", seen
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 # --- make --------------------------------------------------------------------------------------------
