@@ -9,7 +9,7 @@ PORT ?= 4403
 CONFIG ?= config.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo try test bench soak run check-config probe sim clean example-config requirements install uninstall
+.PHONY: help demo try test docs bench soak run check-config probe sim clean example-config requirements install uninstall
 
 help: ## this list
 	@echo "meshbot: make TARGET"
@@ -33,6 +33,9 @@ try: $(VENV)/.installed ## talk to the real bot yourself, as the simulated node'
 test: $(VENV)/.installed ## the whole test suite, four tests at a time (about 2 minutes)
 	$(PY) -m pytest -q -n 4 tests
 
+docs: $(VENV)/.installed ## the documentation site (docs/, mkdocs.yml) into site/; a broken link or anchor fails
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(VENV)/.installed ## every benchmark, one table (about 20 minutes)
 	$(PY) bench/run_all.py
 
@@ -54,7 +57,7 @@ sim: $(VENV)/.installed ## a simulated node alone on 127.0.0.1:PORT (4403), to t
 	$(PY) -m meshbot.sim --port $(PORT)
 
 clean: ## remove .venv and the build leftovers
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist site *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # requirements.txt: pyproject.toml's ranges resolved to exact pins with hashes, what `make install`
@@ -66,8 +69,8 @@ requirements: ## regenerate requirements.txt (exact pins + hashes) from pyprojec
 		--no-emit-find-links --no-emit-trusted-host --output-file=requirements.txt pyproject.toml
 
 # Regenerate config.example.py after adding a key (a test fails until you do).
-example-config: $(VENV)/.installed ## regenerate config.example.py from meshbot/config.py
-	$(PY) -c "from meshbot.config import example_config_text as t; print(t(), end='')" > config.example.py
+example-config: $(VENV)/.installed ## regenerate config.example.py and docs/configuration.md's key table from meshbot/config.py
+	$(PY) -m meshbot.configtext
 
 # --- Installing as a service (README "Installing on a Raspberry Pi") ----------------------------
 # `sudo make install` puts the code and its own venv in PREFIX and the unit in UNITDIR; it never

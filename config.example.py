@@ -126,6 +126,6 @@ STATE_DIR = ''
 LOG_LEVEL = 'INFO'
 
 # --- Monitoring ------------------------------------------------------------
-# Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them). Expected: '' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'.
+# Where to serve Prometheus metrics over HTTP (see docs/metrics.md; an address that cannot be used is one WARNING, and the bot runs on without them). Expected: '' (off), or 'host:port' like '127.0.0.1:9464', '0.0.0.0:9464' or '[::1]:9464'.
 # e.g. METRICS_LISTEN = '127.0.0.1:9464'
 METRICS_LISTEN = ''

@@ -654,7 +654,7 @@ class Settings:
     METRICS_LISTEN: str = _key(
         "",
         str,
-        "Where to serve Prometheus metrics over HTTP (see Metrics in the README; an address that cannot be used is one WARNING, and the bot runs on without them).",
+        "Where to serve Prometheus metrics over HTTP (see docs/metrics.md; an address that cannot be used is one WARNING, and the bot runs on without them).",
         parse=listen_address_parser(METRICS_LISTEN_FORM),
         form=METRICS_LISTEN_FORM,
         example="METRICS_LISTEN = '127.0.0.1:9464'",
@@ -813,43 +813,3 @@ def load_settings(path: Optional[Path], *, demo: bool = False, overrides: Option
     values.update(overrides or {})
     return build_settings(values, demo=demo)
 
-
-# The first key of each section, for config.example.py and the README's table.
-_SECTIONS = {
-    "CONNECTION": "The node link",
-    "MIN_TEXT_INTERVAL_S": "Sending",
-    "AIRTIME_BUDGET_PCT": "Airtime budget and channel governor",
-    "HANDLER_THREADS": "Receiving",
-    "DEDUP_WINDOW_S": "Commands",
-    "API_LISTEN": "Sharing the node",
-    "WEATHER_API_URL": "Weather",
-    "STATE_DIR": "State",
-    "LOG_LEVEL": "Logging",
-    "METRICS_LISTEN": "Monitoring",
-}
-
-
-def example_config_text() -> str:
-    """config.example.py, generated from the key definitions (a test keeps the file equal)."""
-    lines = [
-        "# meshbot configuration: copy to config.py and edit. Every key is shown with its default.",
-        "# Check it with: python main.py --config config.py --check-config  (exit 0, or 78 naming the key)",
-    ]
-    for name, spec in Settings.specs().items():
-        if name in _SECTIONS:
-            lines += ["", f"# --- {_SECTIONS[name]} " + "-" * (70 - len(_SECTIONS[name]))]
-        lines.append(f"# {spec.doc} Expected: {spec.expected()}.")
-        if spec.example:
-            lines.append(f"# e.g. {spec.example}")
-        lines.append(f"{name} = {Settings.defaults()[name]!r}")
-    return "\n".join(lines) + "\n"
-
-
-def markdown_key_table() -> str:
-    """The README's table of keys, generated from the same definitions."""
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for name, spec in Settings.specs().items():
-        default = Settings.defaults()[name]
-        expected = spec.expected()
-        rows.append(f"| `{name}` | `{default!r}` | {spec.doc} {expected[0].upper()}{expected[1:]}. |")
-    return "\n".join(rows) + "\n"

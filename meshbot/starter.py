@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshbot.config import Settings, example_config_text
+from meshbot.config import Settings
+from meshbot.configtext import example_config_text
 
 # The keys an operator sets on day one: where the node is, who administers, where the bot is.
 STARTER_KEYS = (

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from meshbot.config import EX_CONFIG, Settings, example_config_text, read_config_file
+from meshbot.config import EX_CONFIG, Settings, read_config_file
+from meshbot.configtext import example_config_text
 from meshbot.starter import STARTER_KEYS, starter_config_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from meshbot.config import EX_CONFIG, Settings, example_config_text, load_settings
+from meshbot.config import EX_CONFIG, Settings, load_settings
+from meshbot.configtext import REFERENCE, example_config_text, markdown_key_table, with_key_table
 from meshbot.sim.node import SimulatedNode
 from tests.conftest import ROOT, wait_until
 
@@ -85,10 +86,12 @@ def test_config_example_documents_every_key_with_its_default():
     assert settings == Settings()
 
 
-def test_readme_key_table_matches_the_settings():
-    from meshbot.config import markdown_key_table
-
-    assert markdown_key_table() in (ROOT / "README.md").read_text()
+def test_the_configuration_reference_lists_every_key_as_the_code_defines_it():
+    page = (ROOT / REFERENCE).read_text()
+    assert markdown_key_table() in page, "run `make example-config` after changing a key"
+    assert with_key_table(page) == page
+    for name in Settings.specs():
+        assert f"| `{name}` |" in page
 
 
 def test_sigterm_stops_the_daemon_within_5_s_with_exit_0(tmp_path):
