@@ -88,7 +88,7 @@ INSTALL_FILES := README.md CHANGELOG.md LICENSE config.example.py
 OLD_FILES := meshbot handlers main.py requirements.txt
 # What `pip install` builds the package from (a copy: building in the checkout would leave
 # root's build/ and meshbot.egg-info/ in it).
-PACKAGE_SOURCE := pyproject.toml README.md CHANGELOG.md LICENSE meshbot handlers
+PACKAGE_SOURCE := pyproject.toml README.md CHANGELOG.md LICENSE meshbot handlers tools
 
 # The service user is allocated at start (DynamicUser=yes), so it cannot own anything here:
 # every installed file is root's and world-readable (umask 022), config.py included (0644). The

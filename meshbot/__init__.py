@@ -1,3 +1,3 @@
 """meshbot: a Meshtastic slash-command bot with one persistent, self-healing node link."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

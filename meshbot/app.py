@@ -12,7 +12,7 @@ import time
 import types
 from typing import Any, Iterable, Optional, Sequence
 
-import handlers
+from meshbot import handlers
 from meshbot.config import ConfigError, Settings
 from meshbot.dedup import RecentKeys
 from meshbot.dispatch import InboundDispatcher

@@ -39,9 +39,9 @@ log = logging.getLogger("meshbot")
 # The dependencies are missing (or the probe failed): not a config error, and not worth
 # systemd's restarts either way; 1 like any failure.
 EX_FAILURE = 1
-# Top-level packages of meshbot itself: an ImportError naming one of them is a bug, not a
-# missing dependency.
-_OWN_PACKAGES = ("meshbot", "handlers")
+# The top-level package of meshbot itself (handlers/ is installed as meshbot.handlers): an
+# ImportError naming it is a bug, not a missing dependency.
+_OWN_PACKAGES = ("meshbot",)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

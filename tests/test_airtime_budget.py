@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-import handlers
+from meshbot import handlers
 from meshbot.outbox.budget import SPREAD_WINDOW_S, AirtimeBudget, AirtimeLedger
 from meshbot.outbox.governor import Level
 from meshbot.outbox.policy import TextKind

@@ -178,7 +178,7 @@ def failing_module() -> types.ModuleType:
 
 
 def test_a_handler_that_raises_is_logged_with_its_traceback_and_the_bot_goes_on(node, start_bot, caplog):
-    import handlers
+    from meshbot import handlers
 
     caplog.set_level(logging.ERROR, logger="meshbot")
     start_bot(node, modules=(*handlers.MODULES, failing_module()))

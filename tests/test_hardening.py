@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-import handlers
+from meshbot import handlers
 from meshbot.app import Bot
 from meshbot.logs import JournalFormatter, RedactingFormatter, RepeatedWarning, redact_secrets, setup_logging
 from meshbot.router import clean_args, command

@@ -60,7 +60,7 @@ def test_install_upgrade_and_uninstall_keep_the_operators_config(tmp_path):
         assert (prefix / rel).is_file(), rel
     for rel in ("meshbot", "handlers", "main.py", "tests", "bench", "meshbot.service", "Makefile", ".git", "pyproject.toml"):
         assert not (prefix / rel).exists(), rel
-    where = run_venv_python(prefix, "-c", "import meshbot, handlers; print(meshbot.__file__); print(handlers.__file__)", cwd=tmp_path)
+    where = run_venv_python(prefix, "-c", "import meshbot, meshbot.handlers as h; print(meshbot.__file__); print(h.__file__)", cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(prefix / ".venv" / "lib")) for line in where.stdout.splitlines()), where.stdout
     # The runtime dependencies only: the test tools stay out of the service's venv.

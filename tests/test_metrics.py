@@ -17,7 +17,7 @@ import pytest
 from meshtastic.protobuf import mesh_pb2, portnums_pb2, telemetry_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-import handlers
+from meshbot import handlers
 from meshbot.metrics import MetricsServer, metrics_registry
 from meshbot.config import ConfigError, build_settings
 from meshbot.link.airtime import PRESETS, RadioParams

@@ -23,8 +23,8 @@ from meshbot.sim.node import SimulatedNode
 from tests.conftest import ROOT
 
 ALICE = 0x1A2B3C01
-# What the package is built from (a copy: a build leaves build/ and *.egg-info behind).
-SOURCE = ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "meshbot", "handlers")
+# What the package is built from (a copy of the checkout's files a build reads).
+SOURCE = ("pyproject.toml", "README.md", "CHANGELOG.md", "LICENSE", "meshbot", "handlers", "tools")
 
 HELLO_PYPROJECT = """\
 [build-system]
@@ -81,6 +81,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
         copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / name).is_dir() else {}))
     pip_install(venv, source, tmp)
+    # pip install . (and pipx) leave nothing behind in the clone (tools/build_backend.py).
+    assert sorted(p.name for p in source.iterdir()) == sorted(SOURCE)
     plugin = tmp / "meshbot-hello"
     plugin.mkdir()
     (plugin / "pyproject.toml").write_text(HELLO_PYPROJECT)
@@ -100,10 +102,10 @@ def test_pip_install_gives_the_meshbot_command_and_python_m_meshbot(venv, tmp_pa
     # The installed copy runs, not the checkout; both packages are shipped, tests/ is not.
     where = run(
         str(venv / "bin" / "python"), "-c",
-        "import meshbot, handlers, importlib.util as u; print(meshbot.__file__); print(handlers.__file__); print(u.find_spec('tests'))",
+        "import meshbot, meshbot.handlers as h, importlib.util as u; print(meshbot.__file__); print(h.__file__); print(u.find_spec('tests'), u.find_spec('handlers'))",
         cwd=tmp_path,
     ).stdout.splitlines()
-    assert where[0].startswith(str(venv)) and where[1].startswith(str(venv)) and where[2] == "None", where
+    assert where[0].startswith(str(venv)) and where[1].startswith(str(venv)) and where[2] == "None None", where
     metadata = run(
         str(venv / "bin" / "python"), "-c",
         "import importlib.metadata as m; d = m.metadata('meshbot'); print(d['License-Expression']); print(d['Version']);"
@@ -158,3 +160,12 @@ def test_the_checkout_builds_nothing_into_itself():
     leftovers = [p.name for p in ROOT.iterdir() if p.name == "build" or p.name.endswith(".egg-info")]
     # An editable install (make test) writes meshbot.egg-info, which .gitignore covers.
     assert leftovers in ([], ["meshbot.egg-info"]), leftovers
+
+
+def test_every_package_of_the_checkout_is_shipped():
+    import tomllib
+
+    shipped = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("meshbot", *p.parent.relative_to(ROOT / "meshbot").parts)) for p in (ROOT / "meshbot").rglob("__init__.py")}
+    found |= {".".join(("meshbot.handlers", *p.parent.relative_to(ROOT / "handlers").parts)) for p in (ROOT / "handlers").rglob("__init__.py")}
+    assert found == shipped, "list every package in pyproject.toml's [tool.setuptools] packages"

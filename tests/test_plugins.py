@@ -19,7 +19,7 @@ from meshbot.config import ConfigError, build_settings
 from meshbot.plugins import ENTRY_POINT_GROUP, load_commands
 from tests.conftest import settings_for, wait_until
 
-import handlers
+from meshbot import handlers
 
 ALICE = 0x1A2B3C01
 
@@ -98,7 +98,7 @@ def ask(node, text: str, count: int) -> str:
     [
         ("broken_plugin", ["plugin 'bad' (broken_plugin) failed to import", "ModuleNotFoundError", "no_such_dependency_of_a_plugin"]),
         ("raising_plugin", ["plugin 'bad' (raising_plugin) failed to import", "RuntimeError: the plugin's own bug"]),
-        ("clashing_plugin", ["plugin 'bad' (clashing_plugin) registers /ping, which handlers.ping already has"]),
+        ("clashing_plugin", ["plugin 'bad' (clashing_plugin) registers /ping, which meshbot.handlers.ping already has"]),
         ("empty_plugin", ["plugin 'bad' (empty_plugin) defines no @command"]),
     ],
 )

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-import handlers
+from meshbot import handlers
 from main import run_daemon
 from meshbot.app import Bot
 from meshbot.router import command
