@@ -1265,6 +1265,12 @@ class SimulatedNode:
         if client is not None and not self._hung():  # a hung node prints nothing either
             self._write(client, text.encode("utf-8") + b"\r\n")
 
+    def noise(self, data: bytes) -> bool:
+        """Raw bytes outside any frame (a console line that never ends, a wrong baud rate, a
+        port that is not quite a node). False if no client is connected."""
+        client = self._client
+        return client is not None and client.configured and self._write(client, data)
+
     def send_telemetry(self, channel_utilization: float, air_util_tx: float) -> bool:
         """The node reports its own DeviceMetrics to the client, as the firmware's
         DeviceTelemetryModule does once a minute: a TELEMETRY_APP packet from the node's
