@@ -77,11 +77,11 @@ def _burst_then_ping(root: Path, label: str, burst: Any) -> list[Row]:
             errors = log_file.read()
     error_lines = sum(1 for line in errors.splitlines() if " ERROR " in line or line.startswith("Traceback"))
     return [
-        Row(NAME, f"{label}: bot CPU to the pong", cpu, "s"),
-        Row(NAME, f"{label}: pong within {_PONG_CAP_S:.0f} s", 1.0 if answered else 0.0, "yes=1"),
+        Row(NAME, f"{label}: bot CPU to the pong", cpu, "s", "< 1", cpu < 1.0),
+        Row(NAME, f"{label}: pong within {_PONG_CAP_S:.0f} s", 1.0 if answered else 0.0, "yes=1", "1", answered),
         Row(NAME, f"{label}: seconds to the pong (capped)", min(elapsed, _PONG_CAP_S), "s"),
-        Row(NAME, f"{label}: connections (1 = no reconnect)", connections, ""),
-        Row(NAME, f"{label}: ERROR or traceback lines", error_lines, "lines"),
+        Row(NAME, f"{label}: connections (1 = no reconnect)", connections, "", "1", connections == 1),
+        Row(NAME, f"{label}: ERROR or traceback lines", error_lines, "lines", "0", error_lines == 0),
     ]
 
 
