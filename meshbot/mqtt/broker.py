@@ -186,6 +186,7 @@ class BrokerLink:
         client.reconnect_delay_set(min_delay=int(RECONNECT_MIN_S), max_delay=int(RECONNECT_MAX_S))
         client.max_queued_messages_set(PUBLISH_QUEUE_MAX)
         client.on_connect = self._connected
+        client.on_subscribe = self._subscribed
         client.on_disconnect = self._disconnected
         client.on_message = self._message
         client.on_connect_fail = self._connect_failed
@@ -195,14 +196,22 @@ class BrokerLink:
         if reason.is_failure:
             self._went_down(f"the broker refused the connection ({reason}): check the user and password in MQTT_URL")
             return
-        topics = [(f"{root}/2/e/+/+", 0) for root in self.settings.roots]
-        client.subscribe(topics)
+        client.subscribe(self._topics())
         self.counters.connects += 1
+
+    def _topics(self) -> list[tuple[str, int]]:
+        return [(f"{root}/2/e/+/+", 0) for root in self.settings.roots]
+
+    def _subscribed(self, _client: paho.Client, _userdata: object, _mid: int, reasons: list, _props: object) -> None:
+        """UP once the broker confirmed the subscription: from then on nothing uplinked is missed."""
+        if any(r.is_failure for r in reasons):
+            self._went_down(f"the broker refused the subscription ({', '.join(str(r) for r in reasons)})")
+            return
         with self._lock:
             down_since, self._down_since, self._told_down = self._down_since, None, False
         self._set_state(BrokerState.UP)
         if down_since is None:
-            log.info("mqtt: connected to %s, reading %s", self.settings.address, ", ".join(t for t, _ in topics))
+            log.info("mqtt: connected to %s, reading %s", self.settings.address, ", ".join(t for t, _ in self._topics()))
         else:
             log.info("mqtt: broker %s back after %.0f s", self.settings.address, self._clock() - down_since)
 
