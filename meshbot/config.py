@@ -789,10 +789,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
         namespace = runpy.run_path(str(path), run_name="meshbot_config")
     except SyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
-    except Exception as exc:  # the operator's file raised: report it in one line
-        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise  # the operator pressed Ctrl-C while the file ran: theirs to see, not a config error
+    except BaseException as exc:  # noqa: BLE001 - the operator's file raised anything, SystemExit too
+        # A `sys.exit(3)` in the file would otherwise end the daemon with exit 3 and no word:
+        # every raise is a config error (78, no restart loop) naming the file and the line.
+        raise ConfigError(f"{_where_raised(exc, path)}: {_what_raised(exc)}") from None
     _warn_lowercase_keys(namespace)
     return {k: v for k, v in namespace.items() if _KEY_RE.match(k)}
+
+
+def _where_raised(exc: BaseException, path: Path) -> str:
+    """`path:line` of the config file's deepest line in the traceback: where the file raised,
+    or its line that called what raised; the path alone if the file's own code is not in it."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def _what_raised(exc: BaseException) -> str:
+    """The exception in words; SystemExit said plainly (its str() is only the code)."""
+    if isinstance(exc, SystemExit):
+        return f"the file called sys.exit({exc.code!r}) (SystemExit)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _warn_lowercase_keys(namespace: Mapping[str, Any]) -> None:
