@@ -510,6 +510,13 @@ class Settings:
     )
     # --- receiving -------------------------------------------------------------------
     HANDLER_THREADS: int = _key(4, int, "Worker threads running command handlers.", low=1, high=64)
+    HANDLER_TIMEOUT_S: float = _key(
+        30.0,
+        float,
+        "Longest a command's handler may run: past it the user gets 'timed out' and the call is written off.",
+        low=0.1,
+        high=600,
+    )
     INBOUND_QUEUE_MAX: int = _key(
         1000, int, "Packets waiting for a worker; past it new packets are dropped.", low=10, high=100000
     )
@@ -772,6 +779,12 @@ def _check_together(s: Settings, *, demo: bool) -> None:
         raise ConfigError(
             f"CHANNEL_UTIL_MAX_PCT = {s.CHANNEL_UTIL_MAX_PCT:g}: expected a number >= CHANNEL_UTIL_POLITE_PCT"
             f" ({s.CHANNEL_UTIL_POLITE_PCT:g})"
+        )
+    if s.HANDLER_TIMEOUT_S < 2 * s.WEATHER_TIMEOUT_S:
+        # /weather by place name makes two requests (geocoding, forecast), each bounded so.
+        log.warning(
+            "HANDLER_TIMEOUT_S = %g is under twice WEATHER_TIMEOUT_S (%g): a slow /weather will be answered"
+            " 'timed out'", s.HANDLER_TIMEOUT_S, s.WEATHER_TIMEOUT_S,
         )
     if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S:
         log.info(

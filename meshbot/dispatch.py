@@ -2,8 +2,9 @@
 
 The library runs every pubsub listener, connection events included, one after another
 on a single thread. A weather lookup there would stall every user and the link's own
-events, so the listener only enqueues; `HANDLER_THREADS` workers do the work. A
-handler that raises is logged with its traceback and the worker goes on.
+events, so the listener only enqueues; `HANDLER_THREADS` workers do the work. Handlers
+run under a guard and a deadline (calls.py); a bug in the routing itself is logged with
+its traceback and the worker goes on, whatever it raised.
 """
 
 from __future__ import annotations
@@ -95,5 +96,5 @@ class InboundDispatcher:
             try:
                 with progress.step():
                     self._handle(packet)
-            except Exception:
+            except BaseException:  # noqa: BLE001 - a worker that ends silences a HANDLER_THREADS-th of the bot
                 log.exception("bug while handling a packet from %s", packet.get("fromId") or packet.get("from"))
