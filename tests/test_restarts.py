@@ -5,14 +5,21 @@ OUTBOX_TTL_S and OUTBOX_MAX; SIGHUP to the real process is a clean stop, like SI
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from meshbot.config import EX_CONFIG
+from meshbot.sim.node import SimulatedNode
+from meshbot.state.store import DB_NAME
 from tests.conftest import ROOT
+
+ALICE = 0x1A2B3C01
 
 
 def run_main(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -39,3 +46,50 @@ def test_a_config_file_that_raises_anything_exits_78_naming_its_line(tmp_path, b
     last = [ln for ln in result.stderr.splitlines() if ln.strip()][-1]
     assert f"config error: {config}:{where}: " in last and words in last, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the state database ----------------------------------------------------------------------------
+def _make_state(node: SimulatedNode, start_bot, state_dir: Path) -> None:
+    """A database as a run of this version leaves it (made by the bot itself)."""
+    first = start_bot(node, STATE_DIR=str(state_dir))
+    first.stop(budget_s=2.0)
+
+
+@pytest.mark.parametrize(
+    "table, insert, shown",
+    [
+        ("outbox", "INSERT INTO outbox (text, dest, channel, created) VALUES ('old', 4294967295, 0, 'yesterday')",
+         "outbox row seq 2: created is 'yesterday', not a wall time"),
+        ("outbox", "INSERT INTO outbox (text, dest, channel, created) VALUES ('old', 'everyone', 0, 1.0)",
+         "outbox row seq 2: dest is 'everyone', not a node number"),
+        ("outbox", "INSERT INTO outbox (text, dest, channel, created) VALUES (x'00ff', 4294967295, 0, 1.0)",
+         "outbox row seq 2: text is b'\\x00\\xff', not a text"),
+        ("answered", "INSERT INTO answered (sender, packet_id, at) VALUES (1, 2, 'noon')",
+         "answered row sender 1, packet_id 2: at is 'noon', not a wall time"),
+        ("counters", "INSERT INTO counters (name, value) VALUES ('sent', 'many')",
+         "counters row name 'sent': value is 'many', not a count"),
+    ],
+)
+def test_a_malformed_state_row_is_skipped_with_one_warning_and_the_bot_starts(
+    node, start_bot, tmp_path, caplog, table, insert, shown
+):
+    state_dir = tmp_path / "state"
+    _make_state(node, start_bot, state_dir)
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        db.execute("INSERT INTO outbox (text, dest, channel, created) VALUES ('kept', 4294967295, 0, ?)", (time.time(),))
+        db.execute(insert)
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot = start_bot(node, STATE_DIR=str(state_dir))
+    assert [t.text for t in node.wait_texts(1, 10)] == ["kept"]  # the good row still goes out
+    node.user_text(ALICE, "/ping")
+    assert node.wait_texts(2, 10)[1].text.startswith("pong")
+    assert bot.state.durable
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"state database {state_dir / DB_NAME}: removed 1 malformed row this version cannot read" in warnings[0]
+    assert f"(first: {shown})" in warnings[0], warnings[0]
+    bot.stop(budget_s=2.0)
+
+    caplog.clear()  # removed for good: the next start says nothing
+    start_bot(node, STATE_DIR=str(state_dir))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
