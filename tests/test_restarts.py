@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from meshbot.config import EX_CONFIG
+from meshbot.outbox.sender import DropReason
 from meshbot.sim.node import SimulatedNode
 from meshbot.state.store import DB_NAME
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 ALICE = 0x1A2B3C01
 
@@ -93,3 +94,37 @@ def test_a_malformed_state_row_is_skipped_with_one_warning_and_the_bot_starts(
     caplog.clear()  # removed for good: the next start says nothing
     start_bot(node, STATE_DIR=str(state_dir))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_restored_outbox_obeys_outbox_ttl_s_and_outbox_max(node, start_bot, tmp_path, caplog):
+    """50,000 texts left behind (a long outage, an older version): a live outbox would hold
+    OUTBOX_MAX of them at most, none older than OUTBOX_TTL_S, and the restart does the same."""
+    state_dir = tmp_path / "state"
+    _make_state(node, start_bot, state_dir)
+    now = time.time()
+    everyone, stranger = 0xFFFFFFFF, 0x0BAD0001
+    rows = [(f"stale {i}", everyone, 0, None, now - 3600 + i * 0.01, None, 1, None, "reply", 0) for i in range(30_000)]
+    rows += [(f"fresh {i}", everyone, 0, None, now - 500 + i * 0.01, None, 1, None, "reply", 0) for i in range(19_990)]
+    # Replies to a node never announced: a full outbox drops these first, however new.
+    rows += [(f"stranger {i}", stranger, 0, None, now - 1 + i * 0.01, None, 1, stranger, "reply", 1) for i in range(10)]
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        db.executemany(
+            "INSERT INTO outbox (text, dest, channel, reply_to, created, packet_id, attempt, requester, kind, stranger)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows,
+        )
+    caplog.set_level(logging.INFO, logger="meshbot")
+    bot = start_bot(node, STATE_DIR=str(state_dir), OUTBOX_MAX=50, OUTBOX_TTL_S=600.0)
+    stats = bot.sender.stats()
+    assert stats.queued <= 50
+    assert (stats.dropped_by[DropReason.TTL], stats.dropped_by[DropReason.OUTBOX_FULL]) == (30_000, 19_950)
+    assert "50000 texts left by the last run: 50 to send, 30000 older than OUTBOX_TTL_S and 19950 over OUTBOX_MAX dropped" in caplog.text
+    with sqlite3.connect(state_dir / DB_NAME) as db:  # gone from the store too: not restored again
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] <= 50
+    # What goes out: the 50 newest of the known class, in their order; no stranger's text.
+    texts = node.wait_texts(50, 60)
+    assert [t.text for t in texts] == [f"fresh {i}" for i in range(19_940, 19_990)]
+    wait_until(bot.sender.is_idle, 10)
+    assert len(node.texts) == 50
+    drop_lines = [r for r in caplog.records if r.levelno >= logging.WARNING and "dropped" in r.getMessage()]
+    # One line per kind (too old, outbox full, to strangers), the rest counted: not one per text.
+    assert len(drop_lines) == 3, [r.getMessage() for r in drop_lines]
