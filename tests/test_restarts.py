@@ -6,6 +6,7 @@ OUTBOX_TTL_S and OUTBOX_MAX; SIGHUP to the real process is a clean stop, like SI
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -128,3 +129,28 @@ def test_the_restored_outbox_obeys_outbox_ttl_s_and_outbox_max(node, start_bot, 
     drop_lines = [r for r in caplog.records if r.levelno >= logging.WARNING and "dropped" in r.getMessage()]
     # One line per kind (too old, outbox full, to strangers), the rest counted: not one per text.
     assert len(drop_lines) == 3, [r.getMessage() for r in drop_lines]
+
+
+# --- SIGHUP ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_to_the_real_daemon_is_a_clean_stop_like_sigterm(node, tmp_path, signum):
+    config = tmp_path / "config.py"
+    config.write_text(f"NODE_HOST = '127.0.0.1'\nNODE_PORT = {node.port}\nSTATE_DIR = ':memory:'\n")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--config", str(config)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert node.wait_connected(15)
+        node.user_text(ALICE, "/ping")
+        assert node.wait_texts(1, 10)[0].text.startswith("pong")  # running, its handlers installed
+        proc.send_signal(signum)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stderr.read() if proc.stderr else ""
+    assert f"{signal.Signals(signum).name} received, stopping" in log
+    assert "meshbot stopped in" in log  # the stop path ran: outbox flushed, link closed
+    assert "Traceback" not in log
