@@ -17,7 +17,9 @@ or never return (a lock, a socket without a timeout). So:
   off and still running, that command is not run again until one of them returns (its
   users are told so at once). Other commands are never affected;
 * one sender has at most one call of a command running (a written-off one included):
-  a user repeating a slow command does not take every worker.
+  a user repeating a slow command does not take every worker. A repeat waits up to
+  `_REPEAT_GRACE_S` for the call before it (two quick `/ping`s on two workers are both
+  answered, in order) and is told "still busy" past that.
 
 A thread per call costs a fraction of a millisecond, nothing next to one text on LoRa,
 and a thread that never hung is gone when its call returns.
@@ -38,6 +40,10 @@ if TYPE_CHECKING:
     from meshbot.router import BotStats, CommandContext
 
 log = logging.getLogger(__name__)
+
+# How long a sender's repeat of a command waits for the call before it to end: longer than
+# any quick handler takes on a loaded Pi, short enough that a repeat never holds a worker long.
+_REPEAT_GRACE_S = 1.0
 
 
 class Outcome(enum.Enum):
@@ -81,7 +87,7 @@ class HandlerCalls:
         self._max_hung = max(1, max_hung)
         self._stats = stats
         self._lock = threading.Lock()
-        self._running: set[tuple[int, str]] = set()  # (sender, command) with a call running
+        self._running: dict[tuple[int, str], _Call] = {}  # (sender, command): its call running
         self._hung: dict[str, int] = {}  # written-off calls still running, by command
         self._timeouts: dict[str, int] = {}  # calls written off since the start, by command
         self._bad_returns: set[str] = set()  # commands whose wrong return type was logged
@@ -100,28 +106,32 @@ class HandlerCalls:
         """Run `ctx.command`'s handler for `ctx.message.sender`; return within HANDLER_TIMEOUT_S."""
         name = ctx.command.name
         key = (ctx.message.sender, name)
-        with self._lock:
-            if key in self._running:
+        call = _Call(ctx, key)
+        grace_until = time.monotonic() + min(_REPEAT_GRACE_S, self._timeout_s)
+        while True:
+            with self._lock:
+                before = self._running.get(key)
+                hung = self._hung.get(name, 0)
+                refused = before is None and hung >= self._max_hung
+                if before is None and not refused:
+                    self._running[key] = call
+            if before is None:
+                break
+            if not before.done.wait(max(0.0, grace_until - time.monotonic())):
                 return CallResult(Outcome.RUNNING)
-            hung = self._hung.get(name, 0)
-            if hung >= self._max_hung:
-                refused = True
-            else:
-                refused = False
-                self._running.add(key)
         if refused:
             self._hung_warning.log(
                 "/%s not run for !%08x: %d of its calls still run past HANDLER_TIMEOUT_S (%g s), the most kept;"
                 " a bug in that handler", name, ctx.message.sender, hung, self._timeout_s,
             )
             return CallResult(Outcome.HUNG)
-        call = _Call(ctx, key)
+        call.started = time.perf_counter()  # the handler's own time, not the wait above
         thread = threading.Thread(target=self._run, args=(call,), name=f"call-/{name}", daemon=True)
         try:
             thread.start()
         except RuntimeError:  # no thread to be had (the process's limit): the call is not made
             with self._lock:
-                self._running.discard(key)
+                self._running.pop(key, None)
             log.error("/%s not run for !%08x: cannot start a thread for it", name, ctx.message.sender)
             return CallResult(Outcome.FAILED)
         if call.done.wait(self._timeout_s):
@@ -157,7 +167,7 @@ class HandlerCalls:
         elapsed = time.perf_counter() - call.started
         name = call.ctx.command.name
         with self._lock:
-            self._running.discard(call.key)
+            self._running.pop(call.key, None)
             call.result, call.finished = result, True
             late = call.written_off
             if late:

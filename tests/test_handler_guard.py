@@ -22,6 +22,7 @@ from meshbot.plugins import ENTRY_POINT_GROUP
 from meshbot.sim.node import SentText, SimulatedNode
 from meshbot.systemd import ServiceNotifier
 from tests.conftest import settings_for, wait_until
+from tests.test_metrics import metric
 from tests.test_systemd import Supervised
 
 ALICE, BOB, CARL, DAVE = 0x1A2B3C01, 0x1A2B3C02, 0x1A2B3C03, 0x1A2B3C04
@@ -117,7 +118,7 @@ def test_a_handler_raising_systemexit_is_an_error_reply_and_the_daemon_goes_on(n
 def test_a_hanging_handler_times_out_and_nobody_else_waits(node, daemon, caplog):
     caplog.set_level(logging.INFO, logger="meshbot")
     # The defaults but a short deadline: 4 workers, 5 commands a minute per sender.
-    running = daemon(HANDLER_TIMEOUT_S=5.0, RATE_LIMIT_COUNT=5)
+    running = daemon(HANDLER_TIMEOUT_S=5.0, RATE_LIMIT_COUNT=5, METRICS_LISTEN="127.0.0.1:0")
     bot = running.bot
     first = node.user_text(ALICE, "/hang", dm=True)
     wait_until(lambda: bot.router.calls.hung() == 0 and ("call-/hang" in {t.name for t in threading.enumerate()}), 10)
@@ -143,6 +144,9 @@ def test_a_hanging_handler_times_out_and_nobody_else_waits(node, daemon, caplog)
     assert reply_to(node, refused).text == "sorry, /hang is not answering now: try later"
     assert reply_to(node, node.user_text(CARL, "/ping", dm=True)).text.startswith("pong")
     assert running.thread.is_alive() and bot.health_problem() is None
+    assert metric(bot, "meshbot_handler_timeouts_total", command="hang") == 4
+    assert metric(bot, "meshbot_handler_threads_hung") == 4
+    assert metric(bot, "meshbot_command_errors_total", command="hang") == 4
 
     # The handler lets go: the written-off threads end, their answers are dropped, /hang runs again.
     sys.modules["hanging_plugin"].RELEASE.set()
