@@ -406,7 +406,16 @@ class Router:
             is_admin=is_admin,
             services=dataclasses.replace(services, sender=cast("MessageSender", sender)),
         )
-        reply, how = self._answer(self.calls.call(ctx), cmd.name)
+
+        def timed_out() -> None:  # on the calls' watcher thread, at HANDLER_TIMEOUT_S
+            self._reply(
+                message, is_dm, f"sorry, /{cmd.name} timed out", f"/{name} (timed out)", queued_by_handler=sender.queued
+            )
+
+        result = self.calls.call(ctx, timed_out)
+        if result.outcome is Outcome.LATE:
+            return  # answered 'timed out' already
+        reply, how = self._answer(result, cmd.name)
         # Logged under the name used (/forecast, not /weather), with the texts the handler
         # queued itself (the /echo broadcast) counted with the reply's.
         self._reply(message, is_dm, reply, f"/{name}{how}", queued_by_handler=sender.queued)
@@ -434,7 +443,7 @@ class Router:
             is_admin=True,  # the operator wrote the schedule
             services=services,
         )
-        result = self.calls.call(ctx)
+        result = self.calls.call_detached(ctx)
         if result.outcome is not Outcome.DONE:
             # Told in the handler calls' own log line; an error is not worth the channel's airtime.
             log.warning("scheduled %s not broadcast: its handler %s", command_text, result.outcome.value.replace("_", " "))

@@ -11,7 +11,6 @@ import importlib.metadata
 import logging
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -46,10 +45,12 @@ PLUGINS = {
 
         from meshbot.router import command
 
+        ENTERED = threading.Event()  # a call began
         RELEASE = threading.Event()  # the test sets it at its end
 
         @command("hang", help="/hang: blocks until the test lets it go")
         def hang(ctx):
+            ENTERED.set()
             RELEASE.wait()
             return "released"
     """,
@@ -121,7 +122,7 @@ def test_a_hanging_handler_times_out_and_nobody_else_waits(node, daemon, caplog)
     running = daemon(HANDLER_TIMEOUT_S=5.0, RATE_LIMIT_COUNT=5, METRICS_LISTEN="127.0.0.1:0")
     bot = running.bot
     first = node.user_text(ALICE, "/hang", dm=True)
-    wait_until(lambda: bot.router.calls.hung() == 0 and ("call-/hang" in {t.name for t in threading.enumerate()}), 10)
+    assert sys.modules["hanging_plugin"].ENTERED.wait(10)
     # The same sender again, within the rate limit, while the first call runs: told at once,
     # and no other worker is taken (four of these silenced the whole bot before).
     again = [node.user_text(ALICE, "/hang", dm=True) for _ in range(3)]
@@ -144,6 +145,7 @@ def test_a_hanging_handler_times_out_and_nobody_else_waits(node, daemon, caplog)
     assert reply_to(node, refused).text == "sorry, /hang is not answering now: try later"
     assert reply_to(node, node.user_text(CARL, "/ping", dm=True)).text.startswith("pong")
     assert running.thread.is_alive() and bot.health_problem() is None
+    assert bot.dispatcher.written_off == 4  # every first worker replaced: CARL's /ping had one
     assert metric(bot, "meshbot_handler_timeouts_total", command="hang") == 4
     assert metric(bot, "meshbot_handler_threads_hung") == 4
     assert metric(bot, "meshbot_command_errors_total", command="hang") == 4
@@ -171,3 +173,16 @@ def test_a_handler_returning_bytes_is_a_short_error_logged_once(node, daemon, ca
     assert not bugs[0].exc_info  # one line, no traceback
     assert reply_to(node, node.user_text(CARL, "/ping", dm=True)).text.startswith("pong")
     assert running.bot.health_problem() is None
+
+
+def test_a_hanging_scheduled_command_does_not_hold_the_schedule(node, daemon, caplog):
+    caplog.set_level(logging.INFO, logger="meshbot")
+    daemon(
+        HANDLER_TIMEOUT_S=1.0,
+        SCHEDULED_BROADCASTS=[{"every_s": 1, "command": "/hang"}, {"every_s": 1, "text": "tick"}],
+    )
+    wait_until(lambda: "scheduled /hang not broadcast: its handler timed out" in caplog.text, 15)
+    # The schedule goes on past the hung call: later ticks, and later /hang runs refused at once.
+    ticks = len([t for t in node.texts if t.text == "tick"])
+    wait_until(lambda: len([t for t in node.texts if t.text == "tick"]) >= ticks + 3, 15)
+    assert "released" not in [t.text for t in node.texts]
