@@ -55,6 +55,8 @@ CHANNEL_UTIL_MAX_PCT = 40.0
 # --- Receiving -------------------------------------------------------------
 # Worker threads running command handlers. Expected: an integer from 1 to 64.
 HANDLER_THREADS = 4
+# Longest a command's handler may run: past it the user gets 'timed out' and the call is written off. Expected: a number from 0.1 to 600.
+HANDLER_TIMEOUT_S = 30.0
 # Packets waiting for a worker; past it new packets are dropped. Expected: an integer from 10 to 100000.
 INBOUND_QUEUE_MAX = 1000
 # Most nodes kept in the node DB; past it the least recently heard is forgotten (favourites and nodes with a public key last). Expected: an integer from 10 to 100000.

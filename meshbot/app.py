@@ -63,6 +63,8 @@ class Bot:
             api_clients=self.share.client_count if self.share is not None else None, state=self.state,
         )
         self.router = Router(self.services, own_broadcasts)
+        # A handler call past HANDLER_TIMEOUT_S: its worker leaves the pool, another takes its place.
+        self.router.calls.worker_written_off = self.dispatcher.write_off
         # The zone matters only to 'at' entries: without any, the system is not asked.
         if any(entry.at is not None for entry in settings.SCHEDULED_BROADCASTS):
             zone, zone_name = resolve_zone(settings.TIMEZONE)
@@ -99,6 +101,7 @@ class Bot:
             answered = self.router.restore_answered()
             if answered:
                 log.info("%d commands answered by the last run will not be answered again", answered)
+        self.router.calls.start()
         self.dispatcher.start()
         self.sender.start()  # takes back the texts the last run left
         if self.share is not None:
@@ -151,6 +154,7 @@ class Bot:
             self.metrics.stop()
         self.scheduler.stop()
         self.dispatcher.stop(timeout=min(1.0, budget_s / 4))
+        self.router.calls.stop()
         if self.share is not None:
             self.share.stop()
         # Leave the link a second to say goodbye to the node after the flush.

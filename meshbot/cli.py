@@ -130,8 +130,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("%s received, stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP (the terminal closed, or `systemctl kill -s HUP`) would end the process without
+    # its stop path (no flush, no goodbye to the node): a clean stop like SIGTERM. No reload:
+    # the config is read once, and a restart is how a changed one is taken up.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
 
     if trial:
         from meshbot.trial import run_trial

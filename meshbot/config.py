@@ -510,6 +510,13 @@ class Settings:
     )
     # --- receiving -------------------------------------------------------------------
     HANDLER_THREADS: int = _key(4, int, "Worker threads running command handlers.", low=1, high=64)
+    HANDLER_TIMEOUT_S: float = _key(
+        30.0,
+        float,
+        "Longest a command's handler may run: past it the user gets 'timed out' and the call is written off.",
+        low=0.1,
+        high=600,
+    )
     INBOUND_QUEUE_MAX: int = _key(
         1000, int, "Packets waiting for a worker; past it new packets are dropped.", low=10, high=100000
     )
@@ -773,6 +780,12 @@ def _check_together(s: Settings, *, demo: bool) -> None:
             f"CHANNEL_UTIL_MAX_PCT = {s.CHANNEL_UTIL_MAX_PCT:g}: expected a number >= CHANNEL_UTIL_POLITE_PCT"
             f" ({s.CHANNEL_UTIL_POLITE_PCT:g})"
         )
+    if s.HANDLER_TIMEOUT_S < 2 * s.WEATHER_TIMEOUT_S:
+        # /weather by place name makes two requests (geocoding, forecast), each bounded so.
+        log.warning(
+            "HANDLER_TIMEOUT_S = %g is under twice WEATHER_TIMEOUT_S (%g): a slow /weather will be answered"
+            " 'timed out'", s.HANDLER_TIMEOUT_S, s.WEATHER_TIMEOUT_S,
+        )
     if 0 < s.MIN_TEXT_INTERVAL_S < FIRMWARE_TEXT_INTERVAL_S:
         log.info(
             "MIN_TEXT_INTERVAL_S = %g is under the firmware's 2 s text limit: it applies to firmware older than "
@@ -789,10 +802,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
         namespace = runpy.run_path(str(path), run_name="meshbot_config")
     except SyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from exc
-    except Exception as exc:  # the operator's file raised: report it in one line
-        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise  # the operator pressed Ctrl-C while the file ran: theirs to see, not a config error
+    except BaseException as exc:  # noqa: BLE001 - the operator's file raised anything, SystemExit too
+        # A `sys.exit(3)` in the file would otherwise end the daemon with exit 3 and no word:
+        # every raise is a config error (78, no restart loop) naming the file and the line.
+        raise ConfigError(f"{_where_raised(exc, path)}: {_what_raised(exc)}") from None
     _warn_lowercase_keys(namespace)
     return {k: v for k, v in namespace.items() if _KEY_RE.match(k)}
+
+
+def _where_raised(exc: BaseException, path: Path) -> str:
+    """`path:line` of the config file's deepest line in the traceback: where the file raised,
+    or its line that called what raised; the path alone if the file's own code is not in it."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def _what_raised(exc: BaseException) -> str:
+    """The exception in words; SystemExit said plainly (its str() is only the code)."""
+    if isinstance(exc, SystemExit):
+        return f"the file called sys.exit({exc.code!r}) (SystemExit)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _warn_lowercase_keys(namespace: Mapping[str, Any]) -> None:

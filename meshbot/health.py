@@ -52,11 +52,13 @@ def stall_limit_s(settings: Settings) -> float:
     The longest legitimate steps: the link's connect plus handshake (each bounded by
     CONNECT_TIMEOUT_S), the outbox's wait for a TX-queue slot and then for the node's
     verdict (bounded by LINK_TIMEOUT_S), a /weather by place name (geocoding, then the
-    forecast, each bounded by WEATHER_TIMEOUT_S). With the defaults: 115 s.
+    forecast, each bounded by WEATHER_TIMEOUT_S), any handler call (a receive worker waits
+    for it HANDLER_TIMEOUT_S at most, then writes it off). With the defaults: 115 s.
     """
     longest = max(
         2 * settings.CONNECT_TIMEOUT_S + 5.0,
         TX_QUEUE_WAIT_S + settings.LINK_TIMEOUT_S,
         2 * settings.WEATHER_TIMEOUT_S,
+        settings.HANDLER_TIMEOUT_S,
     )
     return longest + _STALL_MARGIN_S

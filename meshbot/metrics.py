@@ -141,7 +141,20 @@ class BotCollector:
         )
         errors = dict.fromkeys(names, 0)
         errors.update(stats.errors())
-        yield self._labelled_counter("meshbot_command_errors", "Handler runs that raised, by command", "command", errors)
+        yield self._labelled_counter(
+            "meshbot_command_errors",
+            "Handler runs that raised, returned something not a text, or timed out, by command",
+            "command", errors,
+        )
+        timeouts = dict.fromkeys(names, 0)
+        timeouts.update(bot.router.calls.timeouts())
+        yield self._labelled_counter(
+            "meshbot_handler_timeouts", "Handler calls written off past HANDLER_TIMEOUT_S, by command", "command", timeouts
+        )
+        yield GaugeMetricFamily(
+            "meshbot_handler_threads_hung", "Written-off handler calls whose thread still runs",
+            value=bot.router.calls.hung(),
+        )
         yield self._latency(stats.latency())
         yield self._counter("meshbot_replies", "Replies the bot queued to commands (one reply may be several texts)", stats.replies)
 

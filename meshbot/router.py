@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, cast
 from meshtastic import BROADCAST_NUM
 from meshtastic.protobuf import portnums_pb2
 
+from meshbot.calls import CallResult, HandlerCalls, Outcome
 from meshbot.config import Settings
 from meshbot.dedup import RecentKeys
 from meshbot.outbox.policy import TextKind
@@ -327,6 +328,9 @@ class Router:
         self._own_broadcasts = own_broadcasts
         self._limiter = RateLimiter(settings.RATE_LIMIT_WINDOW_S)
         self._admins = {admin.num: admin for admin in settings.ADMIN_NODES}
+        # Every handler runs through it: guarded, under HANDLER_TIMEOUT_S (calls.py). At most
+        # HANDLER_THREADS written-off calls of one command: as many as could ever run at once.
+        self.calls = HandlerCalls(settings.HANDLER_TIMEOUT_S, settings.HANDLER_THREADS, services.stats)
 
     def restore_answered(self) -> int:
         """At start-up: the commands the last run answered within DEDUP_WINDOW_S count as
@@ -402,10 +406,19 @@ class Router:
             is_admin=is_admin,
             services=dataclasses.replace(services, sender=cast("MessageSender", sender)),
         )
-        reply = self._run(ctx)
+
+        def timed_out() -> None:  # on the calls' watcher thread, at HANDLER_TIMEOUT_S
+            self._reply(
+                message, is_dm, f"sorry, /{cmd.name} timed out", f"/{name} (timed out)", queued_by_handler=sender.queued
+            )
+
+        result = self.calls.call(ctx, timed_out)
+        if result.outcome is Outcome.LATE:
+            return  # answered 'timed out' already
+        reply, how = self._answer(result, cmd.name)
         # Logged under the name used (/forecast, not /weather), with the texts the handler
         # queued itself (the /echo broadcast) counted with the reply's.
-        self._reply(message, is_dm, reply, f"/{name}", queued_by_handler=sender.queued)
+        self._reply(message, is_dm, reply, f"/{name}{how}", queued_by_handler=sender.queued)
 
     def lookup_text(self, command_text: str) -> tuple[Optional[Command], str]:
         """The command a text like '/weather Lyon' names (or None), and its argument string."""
@@ -430,7 +443,12 @@ class Router:
             is_admin=True,  # the operator wrote the schedule
             services=services,
         )
-        reply = self._run(ctx)
+        result = self.calls.call_detached(ctx)
+        if result.outcome is not Outcome.DONE:
+            # Told in the handler calls' own log line; an error is not worth the channel's airtime.
+            log.warning("scheduled %s not broadcast: its handler %s", command_text, result.outcome.value.replace("_", " "))
+            return 0
+        reply = result.reply
         return services.sender.send(reply, channel=channel, kind=TextKind.SCHEDULED) if reply else 0
 
     def _admin_refusal(self, message: InboundText, is_dm: bool) -> Optional[str]:
@@ -492,13 +510,15 @@ class Router:
         )
 
     @staticmethod
-    def _run(ctx: CommandContext) -> Optional[str]:
-        started, failed = time.perf_counter(), False
-        try:
-            return ctx.command.func(ctx)
-        except Exception:
-            failed = True
-            log.exception("handler /%s failed on %r", ctx.command.name, ctx.message.text[:80])
-            return f"sorry, /{ctx.command.name} failed"
-        finally:
-            ctx.services.stats.record_run(ctx.command.name, time.perf_counter() - started, failed)
+    def _answer(result: CallResult, name: str) -> tuple[Optional[str], str]:
+        """The reply to a handler call's outcome, and what the command's log line says of it."""
+        outcome = result.outcome
+        if outcome is Outcome.DONE:
+            return result.reply, ""
+        if outcome is Outcome.FAILED:
+            return f"sorry, /{name} failed", " (failed)"
+        if outcome is Outcome.TIMED_OUT:
+            return f"sorry, /{name} timed out", " (timed out)"
+        if outcome is Outcome.RUNNING:
+            return f"still busy with your last /{name}: wait for its answer", " (still running)"
+        return f"sorry, /{name} is not answering now: try later", " (hung)"

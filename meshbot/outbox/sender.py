@@ -61,6 +61,7 @@ from meshbot.outbox.budget import AirtimeBudget
 from meshbot.outbox.delivery import DeliveryStats, DeliveryTracker, Verdict, error_name
 from meshbot.outbox.governor import ChannelGovernor
 from meshbot.outbox.policy import TextKind, is_known_node
+from meshbot.outbox.restore import sort_leftover, stored_kind
 from meshbot.state.store import StateStore, StoredText
 from meshbot.text import counted, split_text, utf8_len
 
@@ -160,14 +161,6 @@ class OutboxStats:
 def _dropped_counter(reason: DropReason) -> str:
     """The state store's counter of the texts dropped for this reason."""
     return f"dropped_{reason.value}"
-
-
-def _text_kind(value: str) -> TextKind:
-    """A stored kind back to its enum; one this version does not know counts as a reply."""
-    try:
-        return TextKind(value)
-    except ValueError:
-        return TextKind.REPLY
 
 
 def enforces_text_limit(version: Optional[tuple[int, int, int]]) -> bool:
@@ -370,27 +363,45 @@ class MessageSender:
         self._thread.start()
 
     def _restore(self) -> None:
+        """Take back the last run's texts as a live outbox would hold them (restore.py)."""
         pending = self._state.pending()
         counters = self._state.counters()
         now, wall = time.monotonic(), time.time()
+        ttl, most = self._settings.OUTBOX_TTL_S, self._settings.OUTBOX_MAX
+        leftover = sort_leftover(pending, wall, ttl, most)
         with self._cond:
             self._sent += counters.get("sent", 0)
             self._resent += counters.get("resent", 0)
             self._refused += counters.get("refused", 0)
             for reason in DropReason:
                 self._dropped[reason] += counters.get(_dropped_counter(reason), 0)
-            for stored in pending:
-                # Its age in wall time: the monotonic clock started again with this process.
-                created = now - max(0.0, wall - stored.created)
-                self._queue.append(
-                    OutgoingText(
-                        stored.text, stored.to, stored.channel, stored.reply_to, created,
-                        unconfirmed_id=stored.packet_id, requester=stored.requester, kind=_text_kind(stored.kind),
-                        stranger=stored.stranger, attempt=stored.attempt, row=stored.row,
-                    )
-                )
-        if pending:
+            for group, reason, why, warning in (
+                (leftover.expired, DropReason.TTL, f"not sent within OUTBOX_TTL_S ({ttl:g} s)", self._expired_warning),
+                (leftover.over, DropReason.OUTBOX_FULL, f"outbox full ({most} texts)", self._full_warning),
+            ):
+                for stored in group:  # one line each at most, repeats summarised (RepeatedWarning)
+                    self._report_drop(self._outgoing(stored, now, wall), why, warning)
+                self._dropped[reason] += len(group)
+                self._state.done([stored.row for stored in group], _dropped_counter(reason))
+            for stored in leftover.kept:
+                self._queue.append(self._outgoing(stored, now, wall))
+        if leftover.expired or leftover.over:
+            log.info(
+                "%s left by the last run: %d to send, %d older than OUTBOX_TTL_S and %d over OUTBOX_MAX dropped",
+                counted(len(pending), "text"), len(leftover.kept), len(leftover.expired), len(leftover.over),
+            )
+        elif pending:
             log.info("%s left by the last run, to send", counted(len(pending), "text"))
+
+    @staticmethod
+    def _outgoing(stored: StoredText, now: float, wall: float) -> OutgoingText:
+        # Its age in wall time: the monotonic clock started again with this process.
+        created = now - max(0.0, wall - stored.created)
+        return OutgoingText(
+            stored.text, stored.to, stored.channel, stored.reply_to, created,
+            unconfirmed_id=stored.packet_id, requester=stored.requester, kind=stored_kind(stored.kind),
+            stranger=stored.stranger, attempt=stored.attempt, row=stored.row,
+        )
 
     def _stored(self, item: OutgoingText) -> StoredText:
         """The store's record of a text: its age as wall time."""

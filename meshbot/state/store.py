@@ -43,6 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional, Sequence
 
+from meshbot.state.rows import remove_malformed
+from meshbot.text import counted
+
 log = logging.getLogger(__name__)
 
 DB_NAME = "meshbot.db"
@@ -158,6 +161,7 @@ class StateStore:
                 raise sqlite3.DatabaseError(f"written by a newer meshbot (schema {version})")
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            sweep = remove_malformed(db)
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
                 db.close()
@@ -176,6 +180,11 @@ class StateStore:
             return False
         self._db = db
         log.info("state database %s", self.path)
+        if sweep.removed:
+            log.warning(
+                "state database %s: removed %s this version cannot read (first: %s); the rest is used",
+                self.path, counted(sweep.removed, "malformed row"), sweep.first,
+            )
         return True
 
     def close(self) -> None:
